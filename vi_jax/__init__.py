@@ -1,0 +1,33 @@
+"""vi_jax: variational inference in JAX.
+
+Fit a surrogate posterior q to an unnormalized `target_log_prob_fn` with
+pure, composable functions (jit, vmap, grad) over pytrees.
+"""
+
+from vi_jax import bijectors
+from vi_jax import losses
+from vi_jax import surrogates
+from vi_jax import target
+from vi_jax.fit import FitResult
+from vi_jax.fit import TraceableQuantities
+from vi_jax.fit import VIAlgorithm
+from vi_jax.fit import VIState
+from vi_jax.fit import build
+from vi_jax.fit import fit
+from vi_jax.surrogates import Surrogate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitResult",
+    "Surrogate",
+    "TraceableQuantities",
+    "VIAlgorithm",
+    "VIState",
+    "bijectors",
+    "build",
+    "fit",
+    "losses",
+    "surrogates",
+    "target",
+]

@@ -1,0 +1,276 @@
+"""Pytree-of-bijectors plumbing.
+
+A surrogate over a pytree of latents works on one unconstrained vector
+`u: [*batch, dim]`. `latent_space(event_shape, bijector)` describes how that
+vector splits into one unconstrained array per latent and how each latent's
+bijector maps it onto that latent's support, summing log-det-Jacobians.
+
+Bijectors are distrax bijectors, or TFP-on-JAX bijectors given directly or
+wrapped by `distrax.as_bijector` (inference_gym's `default_event_space_bijector`
+and TFP JointDistributions hand out TFP bijectors). Shape-changing TFP bijectors
+(`FillScaleTriL`, `IteratedSigmoidCentered`, ...) are supported: the
+unconstrained shape of a latent is the bijector's `inverse_event_shape`.
+
+The constraint helpers (`positive`, `interval`, `unit_interval`, `simplex`,
+`correlation_cholesky`, `scale_tril`) return the usual TFP-on-JAX bijector for
+each support, as NumPyro's `biject_to` and Stan's transforms do.
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_probability.substrates.jax as tfp
+
+from vi_jax._types import Array, PyTree
+
+tfb = tfp.bijectors
+
+__all__ = [
+    "LatentSpace",
+    "latent_space",
+    "is_bijector",
+    "is_shape",
+    "positive",
+    "interval",
+    "unit_interval",
+    "simplex",
+    "scale_tril",
+    "correlation_cholesky",
+]
+
+Shape = tuple[int, ...]
+
+
+def is_shape(x: Any) -> bool:
+  """True when `x` is one event shape: an int, a sequence of ints, a TensorShape."""
+  if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+    return True
+  if hasattr(x, "as_list") and hasattr(x, "rank"):  # TensorShape
+    return True
+  if isinstance(x, (tuple, list)) and not hasattr(x, "_fields"):
+    return all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+               for d in x)
+  return False
+
+
+def _as_shape(x: Any) -> Shape:
+  if isinstance(x, (int, np.integer)):
+    return (int(x),)
+  if hasattr(x, "as_list"):
+    return tuple(int(d) for d in x.as_list())
+  return tuple(int(d) for d in x)
+
+
+def is_bijector(x: Any) -> bool:
+  """True for a distrax bijector or a TFP-on-JAX bijector."""
+  return isinstance(x, (distrax.Bijector, tfb.Bijector))
+
+
+def _to_distrax(b: Any) -> distrax.Bijector | None:
+  if b is None:
+    return None
+  if isinstance(b, tfb.Bijector):
+    return distrax.as_bijector(b)
+  return b
+
+
+def _unconstrained_shape(b: distrax.Bijector | None, shape: Shape) -> Shape:
+  """The shape of the unconstrained array that `b` maps onto `shape`."""
+  tfp_b = getattr(b, "_tfp_bijector", None)
+  if tfp_b is not None:
+    return _as_shape(tfp_b.inverse_event_shape(shape))
+  return shape
+
+
+def _is_bijector_leaf(x: Any) -> bool:
+  return x is None or is_bijector(x)
+
+
+class LatentSpace(NamedTuple):
+  """How one unconstrained vector maps onto a pytree of latents.
+
+  Attributes:
+    dim: Python int, the length of the unconstrained vector.
+    event_shape: the normalized event shape: a shape tuple, or a pytree of them.
+    unconstrained_shapes: list of unconstrained shapes, one per latent leaf.
+    unflatten: `u: [*batch, dim] -> pytree` of unconstrained leaves
+      `[*batch, *unconstrained_shape]`.
+    flatten: the inverse of `unflatten`.
+    forward_and_log_det: `u: [n, dim] -> (z, ldj)`: z a pytree with leading
+      `[n]` in each latent's support, `ldj: [n]` the summed log|det J|.
+    inverse_and_log_det: `z (leading [n]) -> (u: [n, dim], ildj: [n])`.
+    batch_shape: `z -> batch shape` of a pytree of latents.
+    is_identity: True when no latent has a bijector.
+  """
+  dim: int
+  event_shape: PyTree
+  unconstrained_shapes: list
+  unflatten: Callable[[Array], PyTree]
+  flatten: Callable[[PyTree], Array]
+  forward_and_log_det: Callable[[Array], tuple[PyTree, Array]]
+  inverse_and_log_det: Callable[[PyTree], tuple[Array, Array]]
+  batch_shape: Callable[[PyTree], tuple]
+  is_identity: bool
+
+
+def _check_event_shape(event_shape: Any) -> None:
+  leaves = jax.tree_util.tree_leaves(event_shape, is_leaf=is_shape)
+  if not leaves or not all(is_shape(l) for l in leaves):
+    raise ValueError(
+        "event_shape must be a shape (a tuple of ints) or a pytree (dict, "
+        f"tuple, list) of shapes; got {event_shape!r}.")
+  for l in leaves:
+    if any(int(d) < 0 for d in _as_shape(l)):
+      raise ValueError(f"event_shape has a negative dimension: {event_shape!r}.")
+
+
+def latent_space(event_shape: Any, bijector: Any = None) -> LatentSpace:
+  """Builds the flat-vector <-> pytree-of-latents plumbing.
+
+  Args:
+    event_shape: a shape (`()`, `(3,)`, `[2, 2]`, an int, a TensorShape) or a
+      pytree (dict, tuple, namedtuple, list; nested) of shapes.
+    bijector: None (identity on every latent), one bijector (applied to every
+      latent), or a pytree of bijectors (or None leaves) with the structure of
+      `event_shape`. Each maps the unconstrained reals onto its latent's
+      support.
+
+  Returns:
+    A `LatentSpace`.
+
+  Raises:
+    ValueError: if `event_shape` is not a shape or pytree of shapes, if
+      `bijector` is neither None, a bijector nor a pytree of bijectors matching
+      `event_shape`'s structure, or if a bijector's inverse event shape cannot be
+      determined.
+  """
+  _check_event_shape(event_shape)
+  shape_leaves, treedef = jax.tree_util.tree_flatten(event_shape,
+                                                     is_leaf=is_shape)
+  shapes = [_as_shape(s) for s in shape_leaves]
+  norm_event_shape = jax.tree_util.tree_unflatten(treedef, shapes)
+
+  if bijector is None or is_bijector(bijector):
+    bijs = [bijector] * len(shapes)
+  else:
+    bij_paths, bij_leaves = _paths_and_leaves(bijector, _is_bijector_leaf)
+    shape_paths, _ = _paths_and_leaves(event_shape, is_shape)
+    if bij_paths != shape_paths or not all(
+        _is_bijector_leaf(b) for b in bij_leaves):
+      raise ValueError(
+          "bijector must be None, one bijector, or a pytree of bijectors with "
+          "the structure of event_shape; event_shape has latents "
+          f"{_fmt_paths(shape_paths)} but bijector has "
+          f"{_fmt_paths(bij_paths)} (leaves: "
+          f"{[type(b).__name__ for b in bij_leaves]}).")
+    bijs = bij_leaves
+  bijs = [_to_distrax(b) for b in bijs]
+  ushapes = [_unconstrained_shape(b, s) for b, s in zip(bijs, shapes)]
+  sizes = [int(np.prod(s, dtype=np.int64)) for s in ushapes]
+  offsets = np.cumsum([0] + sizes)
+  dim = int(offsets[-1])
+  is_single = is_shape(event_shape)
+  is_identity = all(b is None for b in bijs)
+
+  def unflatten(u):
+    batch = u.shape[:-1]
+    leaves = [u[..., offsets[i]:offsets[i + 1]].reshape(batch + ushapes[i])
+              for i in range(len(ushapes))]
+    return leaves[0] if is_single else jax.tree_util.tree_unflatten(
+        treedef, leaves)
+
+  def _leaves(z):
+    if is_single:
+      return [z]
+    return treedef.flatten_up_to(z)
+
+  def batch_shape(z):
+    leaves = _leaves(z)
+    first = jnp.shape(leaves[0])
+    return tuple(first[:len(first) - len(shapes[0])])
+
+  def flatten(u_tree):
+    leaves = _leaves(u_tree)
+    batch = jnp.shape(leaves[0])[:jnp.ndim(leaves[0]) - len(ushapes[0])]
+    return jnp.concatenate(
+        [jnp.reshape(l, batch + (-1,)) for l in leaves], axis=-1)
+
+  def forward_and_log_det(u):
+    u_leaves = _leaves(unflatten(u))
+    z_leaves, ldj = [], jnp.zeros(u.shape[:1], u.dtype)
+    for b, x in zip(bijs, u_leaves):
+      if b is None:
+        z_leaves.append(x)
+        continue
+      y, l = jax.vmap(b.forward_and_log_det)(x)
+      z_leaves.append(y)
+      ldj = ldj + jnp.sum(l.reshape(l.shape[:1] + (-1,)), axis=-1).astype(
+          u.dtype)
+    z = z_leaves[0] if is_single else jax.tree_util.tree_unflatten(
+        treedef, z_leaves)
+    return z, ldj
+
+  def inverse_and_log_det(z):
+    z_leaves = _leaves(z)
+    n = jnp.shape(z_leaves[0])[0]
+    u_leaves, ildj = [], 0.
+    for b, y in zip(bijs, z_leaves):
+      if b is None:
+        u_leaves.append(y)
+        continue
+      x, l = jax.vmap(b.inverse_and_log_det)(y)
+      u_leaves.append(x)
+      ildj = ildj + jnp.sum(l.reshape(l.shape[:1] + (-1,)), axis=-1)
+    u = jnp.concatenate([jnp.reshape(l, (n, -1)) for l in u_leaves], axis=-1)
+    return u, jnp.broadcast_to(jnp.asarray(ildj, u.dtype), (n,))
+
+  return LatentSpace(dim=dim, event_shape=norm_event_shape,
+                     unconstrained_shapes=ushapes, unflatten=unflatten,
+                     flatten=flatten, forward_and_log_det=forward_and_log_det,
+                     inverse_and_log_det=inverse_and_log_det,
+                     batch_shape=batch_shape, is_identity=is_identity)
+
+
+def _paths_and_leaves(tree, is_leaf):
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return [tuple(str(k) for k in p) for p, _ in flat], [l for _, l in flat]
+
+
+def _fmt_paths(paths: Sequence[tuple]) -> str:
+  return "[" + ", ".join("".join(p) or "<root>" for p in paths) + "]"
+
+
+# Constraint helpers: the TFP-on-JAX bijector for each common support.
+
+
+def positive() -> tfb.Bijector:
+  """R -> (0, inf) by softplus (NumPyro's `softplus_positive`, TFP's default)."""
+  return tfb.Softplus()
+
+
+def interval(low: float, high: float) -> tfb.Bijector:
+  """R -> (low, high) by a scaled, shifted sigmoid (Stan's lower/upper bound)."""
+  return tfb.Sigmoid(low=low, high=high)
+
+
+def unit_interval() -> tfb.Bijector:
+  """R -> (0, 1) by the logistic sigmoid."""
+  return tfb.Sigmoid()
+
+
+def simplex() -> tfb.Bijector:
+  """R^(K-1) -> the K-simplex (TFP's IteratedSigmoidCentered, Stan's stick-breaking)."""
+  return tfb.IteratedSigmoidCentered()
+
+
+def scale_tril() -> tfb.Bijector:
+  """R^(n(n+1)/2) -> lower-triangular matrices with positive diagonal."""
+  return tfb.FillScaleTriL()
+
+
+def correlation_cholesky() -> tfb.Bijector:
+  """R^(n(n-1)/2) -> Cholesky factors of correlation matrices (LKJ support)."""
+  return tfb.CorrelationCholesky()

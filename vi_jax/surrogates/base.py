@@ -1,0 +1,113 @@
+"""The Surrogate concept and the composition every Gaussian family shares.
+
+A `Surrogate` is a NamedTuple of pure functions over an unconstrained params
+pytree (optax's GradientTransformation is the model). `transformed_surrogate`
+builds one from a distrax distribution over the flat unconstrained vector and
+a `LatentSpace` (the per-latent bijectors): draws come from the distribution's
+fused `sample_and_log_prob`, go through each latent's bijector forward, and the
+log-det-Jacobian is subtracted from `log_q`, exactly as
+`distrax.Transformed` does for one bijector.
+"""
+
+from typing import Callable, NamedTuple
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+from vi_jax import bijectors as bij_lib
+from vi_jax._types import InitFn, LogProbFn, Params, SampleAndLogProbFn
+
+
+class Surrogate(NamedTuple):
+  """A surrogate posterior: pure functions over an unconstrained params pytree.
+
+  Attributes:
+    init: `(key) -> params`.
+    sample_and_log_prob: `(params, key, sample_size) -> (z, log_q)`, z a pytree
+      shaped like `event_shape` with leading `[sample_size]` on every leaf, in
+      each latent's support; `log_q: [sample_size]` its density in that space,
+      log-det-Jacobian included.
+    log_prob: `(params, z) -> log_q` for z with leading batch axes `[*batch]`.
+  """
+  init: InitFn
+  sample_and_log_prob: SampleAndLogProbFn
+  log_prob: LogProbFn
+
+
+def check_sample_size(sample_size) -> int:
+  """Validates `sample_size` (a Python int >= 1) and returns it."""
+  if isinstance(sample_size, bool) or not isinstance(
+      sample_size, int) and not (hasattr(sample_size, "__index__") and
+                                 not hasattr(sample_size, "shape")):
+    raise TypeError(
+        f"sample_size must be a Python int >= 1; got {sample_size!r}.")
+  if int(sample_size) < 1:
+    raise ValueError(f"sample_size must be >= 1; got {sample_size}.")
+  return int(sample_size)
+
+
+def transformed_surrogate(
+    space: bij_lib.LatentSpace,
+    init_fn: InitFn,
+    distribution_fn: Callable[[Params], distrax.Distribution],
+) -> Surrogate:
+  """Pushes a distribution over the flat unconstrained vector through `space`.
+
+  Args:
+    space: a `vi_jax.bijectors.LatentSpace` (event shapes and bijectors).
+    init_fn: `(key) -> params`.
+    distribution_fn: `params -> distrax.Distribution` with event shape
+      `[space.dim]` and no batch shape.
+
+  Returns:
+    A `Surrogate` whose draws lie in each latent's support.
+  """
+
+  def sample_and_log_prob(params, key, sample_size):
+    sample_size = check_sample_size(sample_size)
+    u, log_q_u = distribution_fn(params).sample_and_log_prob(
+        seed=key, sample_shape=(sample_size,))
+    if space.is_identity:
+      return space.unflatten(u), log_q_u
+    z, ldj = space.forward_and_log_det(u)
+    return z, log_q_u - ldj
+
+  def log_prob(params, z):
+    batch = space.batch_shape(z)
+    z_flat_batch = jax.tree_util.tree_map(
+        lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(batch):]), z)
+    if space.is_identity:
+      u, ildj = space.flatten(z_flat_batch), 0.
+    else:
+      u, ildj = space.inverse_and_log_det(z_flat_batch)
+    log_q = distribution_fn(params).log_prob(u) + ildj
+    return jnp.reshape(log_q, batch)
+
+  return Surrogate(init=init_fn, sample_and_log_prob=sample_and_log_prob,
+                   log_prob=log_prob)
+
+
+def initial_loc(space: bij_lib.LatentSpace, key, loc, radius, dtype):
+  """The initial unconstrained loc `[space.dim]` shared by the Gaussian families.
+
+  `loc` None gives zeros (plus uniform(-radius, radius) jitter when radius > 0,
+  NumPyro's `init_to_uniform`); an array `[dim]` or a pytree of unconstrained
+  arrays matching event_shape is used as given.
+  """
+  if loc is None:
+    out = jnp.zeros((space.dim,), dtype)
+  elif isinstance(loc, (dict, tuple, list)) or (
+      not hasattr(loc, "shape") and not isinstance(loc, (int, float))):
+    out = space.flatten(jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, dtype), loc))
+  else:
+    out = jnp.broadcast_to(jnp.asarray(loc, dtype), (space.dim,))
+  if radius:
+    out = out + jax.random.uniform(key, (space.dim,), dtype, -radius, radius)
+  return out
+
+
+def default_dtype(dtype):
+  """`dtype`, or JAX's default float (float64 when jax_enable_x64 is on)."""
+  return jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
