@@ -9,7 +9,7 @@ log-det-Jacobian is subtracted from `log_q`, exactly as
 `distrax.Transformed` does for one bijector.
 """
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import distrax
 import jax
@@ -29,10 +29,19 @@ class Surrogate(NamedTuple):
       each latent's support; `log_q: [sample_size]` its density in that space,
       log-det-Jacobian included.
     log_prob: `(params, z) -> log_q` for z with leading batch axes `[*batch]`.
+    reparameterized: True when `z` from `sample_and_log_prob` is a
+      differentiable function of params (reparameterization gradients apply);
+      False for e.g. discrete surrogates, where objectives fall back to the
+      score-function estimator.
+    distribution_fn: optional `params -> distrax.Distribution` of z (constrained
+      space), for objectives that need more than draws (analytic KL). None when
+      the family has no single distrax distribution over z.
   """
   init: InitFn
   sample_and_log_prob: SampleAndLogProbFn
   log_prob: LogProbFn
+  reparameterized: bool = True
+  distribution_fn: Optional[Callable[[Params], distrax.Distribution]] = None
 
 
 def check_sample_size(sample_size) -> int:
