@@ -374,8 +374,8 @@ def test_per_latent_kl_scaling_needs_a_factorized_surrogate():
 
 def test_losses_compose_with_fit_jit_vmap_and_compile_once():
   target, _, s, params = _unnormalized_gaussian_target()
-  losses = [vi.losses.forward_kl(), vi.losses.iwae(4), vi.losses.renyi(0.5, 4),
-            vi.losses.negative_elbo(stick_the_landing=True),
+  losses = [vi.losses.forward_kl(),
+            vi.losses.iwae(4, gradient_estimator="doubly_reparameterized"),
             vi.losses.monte_carlo_variational_loss(
                 functools.partial(csiszar.jensen_shannon, self_normalized=True),
                 importance_sample_size=2)]
@@ -393,10 +393,10 @@ def test_losses_compose_with_fit_jit_vmap_and_compile_once():
     vals = jax.vmap(lambda k, one=one: one(params, k))(
         jax.random.split(jax.random.key(2), 3))
     assert vals.shape == (3,) and np.all(np.isfinite(vals)) and np.isfinite(v1)
-    g = jax.grad(lambda pr: loss(target, s, pr, jax.random.key(0), 4))(params)
+    g = jax.grad(one)(params, jax.random.key(0))
     assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(g))
-  result = vi.fit(target, s, optax.adam(0.05), 200, key=jax.random.key(0),
-                  sample_size=4, loss=vi.losses.iwae(4))
+  result = vi.fit(target, s, optax.adam(0.1), 100, key=jax.random.key(0),
+                  sample_size=4, loss=losses[1])
   np.testing.assert_allclose(result.params["loc"], [1., -1.], atol=0.3)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "monte_carlo_variational_loss",
     "negative_elbo",
     "renyi",
+    "score_function_objective",
     "target_log_prob_batched",
 ]
 
