@@ -22,6 +22,12 @@ from vi_jax import csiszar
 tfd = tfp.distributions
 
 
+def _value(loss, target, surrogate, params, key, sample_size):
+  """The loss evaluated under jit (one compile instead of op-by-op dispatch)."""
+  return jax.jit(lambda pr, k: loss(target, surrogate, pr, k, sample_size))(
+      params, key)
+
+
 def test_negative_elbo_equals_analytic_kl_for_a_normalized_gaussian_target():
   p = distrax.MultivariateNormalDiag(jnp.array([1., -1.]), jnp.array([0.5, 2.]))
   s = vi.surrogates.mean_field_normal((2,))
@@ -29,8 +35,8 @@ def test_negative_elbo_equals_analytic_kl_for_a_normalized_gaussian_target():
   q = distrax.MultivariateNormalDiag(params["loc"],
                                      jax.nn.softplus(params["raw_scale"]))
   kl = float(q.kl_divergence(p))  # log Z = 0: -ELBO = KL[q || p]
-  loss = vi.losses.negative_elbo()(p.log_prob, s, params, jax.random.key(0),
-                                   200_000)
+  loss = _value(vi.losses.negative_elbo(), p.log_prob, s, params,
+                jax.random.key(0), 200_000)
   np.testing.assert_allclose(float(loss), kl, rtol=0.01)
   # The reparameterized gradient matches the analytic KL gradient.
   g = jax.jit(jax.grad(lambda pr: vi.losses.negative_elbo()(
@@ -80,12 +86,13 @@ def test_monte_carlo_reverse_kl_matches_analytic_with_tfp_tolerances():
   p, s, params, q = _tfp_multidim_pair()
   exact = float(tfd.kl_divergence(q, p))
   key = jax.random.key(0)
-  plain = vi.losses.monte_carlo_variational_loss(csiszar.kl_reverse)(
-      p.log_prob, s, params, key, 600_000)
-  sn = vi.losses.monte_carlo_variational_loss(
-      functools.partial(csiszar.kl_reverse, self_normalized=True))(
-          p.log_prob, s, params, key, 600_000)
-  elbo = vi.losses.negative_elbo()(p.log_prob, s, params, key, 600_000)
+  plain = _value(vi.losses.monte_carlo_variational_loss(csiszar.kl_reverse),
+                 p.log_prob, s, params, key, 600_000)
+  sn = _value(vi.losses.monte_carlo_variational_loss(
+      functools.partial(csiszar.kl_reverse, self_normalized=True)),
+              p.log_prob, s, params, key, 600_000)
+  elbo = _value(vi.losses.negative_elbo(), p.log_prob, s, params, key,
+                600_000)
   np.testing.assert_allclose(plain, exact, rtol=0.02)
   np.testing.assert_allclose(sn, exact, rtol=0.14)
   np.testing.assert_allclose(elbo, exact, rtol=0.02)
@@ -97,12 +104,12 @@ def test_monte_carlo_forward_kl_matches_analytic_with_tfp_tolerances():
   p, s, params, q = _tfp_multidim_pair()
   exact = float(tfd.kl_divergence(p, q))
   key = jax.random.key(1)
-  plain = vi.losses.monte_carlo_variational_loss(csiszar.kl_forward)(
-      p.log_prob, s, params, key, 600_000)
-  sn = vi.losses.monte_carlo_variational_loss(
-      functools.partial(csiszar.kl_forward, self_normalized=True))(
-          p.log_prob, s, params, key, 600_000)
-  snis = vi.losses.forward_kl()(p.log_prob, s, params, key, 600_000)
+  plain = _value(vi.losses.monte_carlo_variational_loss(csiszar.kl_forward),
+                 p.log_prob, s, params, key, 600_000)
+  sn = _value(vi.losses.monte_carlo_variational_loss(
+      functools.partial(csiszar.kl_forward, self_normalized=True)),
+              p.log_prob, s, params, key, 600_000)
+  snis = _value(vi.losses.forward_kl(), p.log_prob, s, params, key, 600_000)
   np.testing.assert_allclose(plain, exact, rtol=0.14)
   np.testing.assert_allclose(sn, exact, rtol=0.14)
   np.testing.assert_allclose(snis, exact, rtol=0.14)
@@ -232,11 +239,14 @@ def _unnormalized_gaussian_target():
 
 def test_iwae_bounds_are_ordered_up_to_log_z():
   target, log_z, s, params = _unnormalized_gaussian_target()
-  key = jax.random.key(2)
-  bound = lambda loss: -float(loss(target, s, params, key, 20_000))
-  elbo = bound(vi.losses.negative_elbo())
-  iwae_4 = bound(vi.losses.iwae(4))
-  iwae_64 = bound(vi.losses.iwae(64))
+
+  @jax.jit
+  def bounds(key):
+    b = lambda loss: -loss(target, s, params, key, 20_000)
+    return (b(vi.losses.negative_elbo()), b(vi.losses.iwae(4)),
+            b(vi.losses.iwae(64)))
+
+  elbo, iwae_4, iwae_64 = map(float, bounds(jax.random.key(2)))
   assert elbo < iwae_4 < iwae_64 < log_z, (elbo, iwae_4, iwae_64, log_z)
   # The ELBO gap is KL[q || p] in closed form.
   q = distrax.MultivariateNormalDiag(params["loc"],
@@ -246,27 +256,36 @@ def test_iwae_bounds_are_ordered_up_to_log_z():
 
 
 def test_renyi_alpha_zero_is_iwae_and_alpha_one_is_the_elbo():
-  target, log_z, s, params = _unnormalized_gaussian_target()
-  key = jax.random.key(3)
-  args = (target, s, params, key, 500)
-  np.testing.assert_allclose(vi.losses.renyi(0., 8)(*args),
-                             vi.losses.iwae(8)(*args), rtol=1e-6)
-  np.testing.assert_allclose(vi.losses.renyi(1., 1)(*args),
-                             vi.losses.negative_elbo()(*args), rtol=1e-6)
-  # alpha -> 1 is continuous (Li & Turner 2016, thm 1), and the bound is
-  # non-increasing in alpha (their fig. 1): VR_{-1} >= IWAE >= VR_.5 >= ELBO.
-  big = (target, s, params, key, 4000)
-  elbo = vi.losses.renyi(1., 8)(*big)
-  near_one = vi.losses.renyi(1. - 1e-3, 8)(*big)
-  # The gap is (1 - alpha) Var[log w] / 2 + O((1 - alpha)^2) ~ 1e-3 here.
-  np.testing.assert_allclose(near_one, elbo, atol=3e-3)
-  assert abs(vi.losses.renyi(0.5, 8)(*big) - elbo) > 3e-2
-  values = [-float(vi.losses.renyi(a, 8)(*big)) for a in (-1., 0., 0.5, 1.)]
-  assert values == sorted(values, reverse=True), values
+  target, _, s, params = _unnormalized_gaussian_target()
+
+  @jax.jit
+  def values(key):
+    small = lambda loss, n=500: loss(target, s, params, key, n)
+    big = lambda loss: loss(target, s, params, key, 4000)
+    return {
+        "renyi0": small(vi.losses.renyi(0., 8)), "iwae": small(vi.losses.iwae(8)),
+        "renyi1": small(vi.losses.renyi(1., 1)),
+        "elbo": small(vi.losses.negative_elbo()),
+        "renyi0_default": small(vi.losses.renyi(0.), 8),
+        "iwae_one_group": small(vi.losses.iwae(8), 1),
+        "big": [big(vi.losses.renyi(a, 8)) for a in (-1., 0., 0.5, 1.)],
+        "near_one": big(vi.losses.renyi(1. - 1e-3, 8)),
+    }
+
+  v = values(jax.random.key(3))
+  np.testing.assert_allclose(v["renyi0"], v["iwae"], rtol=1e-6)
+  np.testing.assert_allclose(v["renyi1"], v["elbo"], rtol=1e-6)
   # One group of all draws by default (K = sample_size).
-  np.testing.assert_allclose(vi.losses.renyi(0.)(target, s, params, key, 8),
-                             vi.losses.iwae(8)(target, s, params, key, 1),
+  np.testing.assert_allclose(v["renyi0_default"], v["iwae_one_group"],
                              rtol=1e-6)
+  # alpha -> 1 is continuous (Li & Turner 2016, thm 1): the gap is
+  # (1 - alpha) Var[log w] / 2 + O((1 - alpha)^2) ~ 1e-3 here. The bound is
+  # non-increasing in alpha (their fig. 1): VR_{-1} >= IWAE >= VR_.5 >= ELBO.
+  elbo = v["big"][3]
+  np.testing.assert_allclose(v["near_one"], elbo, atol=3e-3)
+  assert abs(v["big"][2] - elbo) > 3e-2
+  bounds = [-float(x) for x in v["big"]]
+  assert bounds == sorted(bounds, reverse=True), bounds
 
 
 def _normal_normal():
@@ -325,12 +344,12 @@ def test_analytic_kl_elbo_matches_the_closed_form_bound():
   key = jax.random.key(0)
   for beta in (1., 0.5):
     loss = vi.losses.analytic_kl_elbo(prior, log_lik, kl_scaling=beta)
-    got = loss(None, s, params, key, 200_000)
+    got = _value(loss, None, s, params, key, 200_000)
     np.testing.assert_allclose(got, -exp_ll + beta * kl, rtol=2e-3)
   # The closed-form KL is differentiated exactly: with a likelihood that
   # ignores z the gradient is the analytic KL gradient for any key.
   loss = vi.losses.analytic_kl_elbo(prior, lambda z: 0. * jnp.sum(z))
-  g = jax.grad(lambda pr: loss(None, s, pr, key, 1))(params)
+  g = jax.jit(jax.grad(lambda pr: loss(None, s, pr, key, 1)))(params)
   g_ref = jax.grad(lambda pr: s.distribution_fn(pr).kl_divergence(prior))(params)
   chex.assert_trees_all_close(g, g_ref, atol=1e-6)
 
@@ -346,9 +365,10 @@ def test_analytic_kl_elbo_falls_back_to_monte_carlo_kl():
   s = vi.surrogates.mean_field_normal((2,))
   params = {"loc": jnp.array([0.5, 0.1]), "raw_scale": jnp.array([0.3, -0.5])}
   key = jax.random.key(4)
-  got = vi.losses.analytic_kl_elbo(prior, log_lik)(None, s, params, key, 64)
-  ref = vi.losses.negative_elbo()(lambda z: prior.log_prob(z) + log_lik(z), s,
-                                  params, key, 64)
+  got = _value(vi.losses.analytic_kl_elbo(prior, log_lik), None, s, params,
+               key, 64)
+  ref = _value(vi.losses.negative_elbo(),
+               lambda z: prior.log_prob(z) + log_lik(z), s, params, key, 64)
   np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
@@ -472,6 +492,6 @@ def test_per_latent_kl_scaling_with_a_factorized_surrogate():
   kls = {k: dists(params)[k].kl_divergence(prior[k]) for k in prior}
   loss = vi.losses.analytic_kl_elbo(prior, log_lik,
                                     kl_scaling={"a": 1., "b": 0.25})
-  got = loss(None, s, params, jax.random.key(0), 200_000)
+  got = _value(loss, None, s, params, jax.random.key(0), 200_000)
   np.testing.assert_allclose(got, -exp_ll + kls["a"] + 0.25 * kls["b"],
                              rtol=2e-3)
