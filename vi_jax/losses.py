@@ -387,8 +387,7 @@ def forward_kl() -> LossFn:
     if s < 2:
       raise ValueError("forward_kl uses self-normalized importance sampling "
                        f"and needs sample_size >= 2; got {s}.")
-    z, _ = _draw(surrogate, params, key, s, SCORE_FUNCTION)
-    log_q = surrogate.log_prob(params, z)
+    z, log_q = _draw(surrogate, params, key, s, SCORE_FUNCTION)  # z stopped.
     log_p = target_log_prob_batched(target_log_prob_fn)(z)
     log_w = stop(log_p - log_q)
     weights = jax.nn.softmax(log_w)
