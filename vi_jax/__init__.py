@@ -5,6 +5,8 @@ pure, composable functions (jit, vmap, grad) over pytrees.
 """
 
 from vi_jax import bijectors
+from vi_jax import csiszar
+from vi_jax import kl
 from vi_jax import losses
 from vi_jax import surrogates
 from vi_jax import target
@@ -14,6 +16,8 @@ from vi_jax.fit import VIAlgorithm
 from vi_jax.fit import VIState
 from vi_jax.fit import build
 from vi_jax.fit import fit
+from vi_jax.kl import kl_divergence
+from vi_jax.kl import monte_carlo_kl
 from vi_jax.surrogates import Surrogate
 
 __version__ = "0.1.0"
@@ -26,8 +30,12 @@ __all__ = [
     "VIState",
     "bijectors",
     "build",
+    "csiszar",
     "fit",
+    "kl",
+    "kl_divergence",
     "losses",
+    "monte_carlo_kl",
     "surrogates",
     "target",
 ]

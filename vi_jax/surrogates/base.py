@@ -70,7 +70,10 @@ def transformed_surrogate(
       `[space.dim]` and no batch shape.
 
   Returns:
-    A `Surrogate` whose draws lie in each latent's support.
+    A `Surrogate` whose draws lie in each latent's support. Its
+    `distribution_fn` is `distribution_fn` itself when that is already the
+    distribution of z (one array latent of shape `[dim]`, no bijector), so
+    objectives can use its closed-form KL; None otherwise.
   """
 
   def sample_and_log_prob(params, key, sample_size):
@@ -93,8 +96,13 @@ def transformed_surrogate(
     log_q = distribution_fn(params).log_prob(u) + ildj
     return jnp.reshape(log_q, batch)
 
+  is_distribution_of_z = (space.is_identity and
+                          bij_lib.is_shape(space.event_shape) and
+                          tuple(space.event_shape) == (space.dim,))
   return Surrogate(init=init_fn, sample_and_log_prob=sample_and_log_prob,
-                   log_prob=log_prob)
+                   log_prob=log_prob,
+                   distribution_fn=(distribution_fn if is_distribution_of_z
+                                    else None))
 
 
 def initial_loc(space: bij_lib.LatentSpace, key, loc, radius, dtype):
