@@ -5,7 +5,13 @@ pure, composable functions (jit, vmap, grad) over pytrees.
 """
 
 from vi_jax import bijectors
+from vi_jax import checkpoint
+from vi_jax import convergence
 from vi_jax import losses
+from vi_jax import minibatch
+from vi_jax import progress
+from vi_jax import restarts
+from vi_jax import sharding
 from vi_jax import surrogates
 from vi_jax import target
 from vi_jax.fit import FitResult
@@ -25,9 +31,15 @@ __all__ = [
     "VIAlgorithm",
     "VIState",
     "bijectors",
+    "checkpoint",
+    "convergence",
     "build",
     "fit",
     "losses",
+    "minibatch",
+    "progress",
+    "restarts",
+    "sharding",
     "surrogates",
     "target",
 ]
