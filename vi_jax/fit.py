@@ -464,7 +464,8 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       likelihood by `batch.scale = N / batch_size`. None: all rows.
     num_shards: row blocks for per-shard drawing; use the number of devices the
       data is sharded over (keep it fixed to get the same draws on 1 device).
-    progress_bar: None (on when stderr is a TTY), True, False or a
+    progress_bar: None (on when stderr is a TTY and the fit is not traced by
+      an outer jit/vmap), True, False or a
       `vi_jax.progress.ProgressBar(every, file, desc)`. Off means no callback
       is compiled in.
     skip_nonfinite: skip updates with a non-finite loss or gradient.
@@ -490,9 +491,9 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   """
   num_steps = _check_num_steps(num_steps)
   _check_key(key)
+  if progress_bar is None and _is_traced(key):
+    progress_bar = False  # default: no bar inside an outer jit/vmap
   settings = progress.resolve_progress_bar(progress_bar)
-  if settings is not None and _is_traced(key):
-    settings = None  # no bar for fits traced by an outer jit/vmap
   alg = build(target_log_prob_fn, surrogate, optimizer,
               sample_size=sample_size, loss=loss, model_params=model_params,
               data=data, batch_size=batch_size, num_shards=num_shards,

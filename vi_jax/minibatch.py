@@ -139,6 +139,8 @@ def draw(state: MinibatchState, key: PRNGKey, data: PyTree, batch_size: int,
   idx = jax.lax.dynamic_slice_in_dim(permutation, position, per, axis=1)
 
   def gather(x):
+    if num_shards == 1:  # no reshape of the data at all
+      return jnp.take(x, idx[0], axis=0)
     blocks = x.reshape((num_shards, rows) + x.shape[1:])
     got = jax.vmap(lambda b, i: jnp.take(b, i, axis=0))(blocks, idx)
     return got.reshape((batch_size,) + x.shape[1:])
