@@ -518,8 +518,9 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   if data is not None:
     lead.append(mb.spec(data, mb.check(data, batch_size, num_shards)[1]))
   if lead:
-    check_target(target_log_prob_fn, z_spec, extra_call=lambda z: call_target(
-        functools.partial(target_log_prob_fn, *lead), z))
+    check_target(target_log_prob_fn, (tuple(lead), z_spec),
+                 extra_call=lambda lz: call_target(
+                     functools.partial(target_log_prob_fn, *lz[0]), lz[1]))
   else:
     check_target(target_log_prob_fn, z_spec)
   trace_fn = trace_fn or _default_trace_fn
