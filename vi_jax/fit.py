@@ -536,6 +536,8 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         state0.step + jnp.arange(num_steps, dtype=jnp.int32))
     _, tq0 = alg.step(state0, keys[0], data)
     ok0 = jnp.isfinite(tq0.loss)
+    if reporter is not None:
+      reporter[0](tq0.loss)
     trace_spec = jax.eval_shape(trace_fn, tq0)
 
     def zeros_trace():
@@ -552,7 +554,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
                              max_consecutive_nonfinite)
         state, tq = alg.step(state, k, data)
         if reporter is not None:
-          reporter[0](i, tq.loss)
+          reporter[1](i, tq.loss)
         return state, (trace_fn(tq), active, tq.loss)
 
       def loop(state):
@@ -575,7 +577,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         state, trace, i, _ = carry
         state, tq = alg.step(state, keys[i], data)
         if reporter is not None:
-          reporter[0](i, tq.loss)
+          reporter[1](i, tq.loss)
         trace = jax.tree_util.tree_map(
             lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, i, 0),
             trace, trace_fn(tq))
@@ -592,7 +594,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
 
     state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
     if reporter is not None:
-      reporter[1](taken, last)
+      reporter[2](taken, last)
     mask = jnp.arange(num_steps) < taken
     trace = jax.tree_util.tree_map(
         lambda t: jnp.where(mask.reshape((-1,) + (1,) * (t.ndim - 1)), t,
@@ -612,7 +614,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
                                data)
   if reporter is not None:
     jax.effects_barrier()
-    reporter[2].close()
+    reporter[3].close()
   if not _is_traced(loss0):
     if not bool(jnp.isfinite(loss0)):
       raise FloatingPointError(

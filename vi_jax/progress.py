@@ -27,10 +27,12 @@ class ProgressBar(NamedTuple):
       `max(1, num_steps // 100)` (about 100 updates per fit).
     file: where tqdm writes (default `sys.stderr`).
     desc: the bar's label.
+    mininterval: tqdm's minimum seconds between redraws.
   """
   every: Optional[int] = None
   file: Any = None
   desc: str = "vi.fit"
+  mininterval: float = 0.1
 
 
 def resolve_progress_bar(progress_bar) -> Optional[ProgressBar]:
@@ -64,18 +66,20 @@ class _HostBar:
     self.settings = settings
     self.bar = None
 
-  def __call__(self, step, loss, done):
+  def start(self):
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    self.close()
+    self.bar = tqdm(total=self.total, desc=self.settings.desc,
+                    file=self.settings.file or sys.stderr, unit="step",
+                    dynamic_ncols=True, mininterval=self.settings.mininterval)
+
+  def __call__(self, step, loss, done):
     step, done = int(step), bool(done)
     if self.bar is None or step < self.bar.n:
-      if self.bar is not None:
-        self.bar.close()
-      self.bar = tqdm(total=self.total, desc=self.settings.desc,
-                      file=self.settings.file or sys.stderr, unit="step",
-                      dynamic_ncols=True)
+      self.start()
     self.bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
     self.bar.update(step - self.bar.n)
-    if done or step >= self.total:
+    if done:
       self.bar.close()
       self.bar = None
 
@@ -85,19 +89,23 @@ class _HostBar:
       self.bar = None
 
 
-def make_reporter(settings: ProgressBar, num_steps: int, step_offset: int = 0):
-  """Returns `(report(step, loss), finish(steps_done, loss), host)`.
+def make_reporter(settings: ProgressBar, num_steps: int):
+  """Returns `(start(), report(step, loss), finish(steps_done, loss), host)`.
 
-  `report` is called in the loop body with the step index (0-based within
-  this fit); it fires a callback when `(step + 1) % every == 0`. `finish` is
-  called once after the loop to close the bar at the real number of steps.
+  `start` is traced once before the loop (opens the bar, so steps/s counts
+  from the start); `report` is called in the loop body with the step index
+  (0-based within this fit) and fires a callback when
+  `(step + 1) % every == 0`; `finish` is traced once after the loop and
+  closes the bar at the real number of steps.
   """
-  del step_offset
   every = settings.every or max(1, num_steps // 100)
   host = _HostBar(num_steps, settings)
 
   def callback(step, loss, done):
     host(step, loss, done)
+
+  def start(token):
+    jax.debug.callback(lambda _: host.start(), token)
 
   def report(step, loss):
     jax.lax.cond((step + 1) % every == 0,
@@ -108,4 +116,4 @@ def make_reporter(settings: ProgressBar, num_steps: int, step_offset: int = 0):
   def finish(steps_done, loss):
     jax.debug.callback(callback, steps_done, loss, jnp.bool_(True))
 
-  return report, finish, host
+  return start, report, finish, host
