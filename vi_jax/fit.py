@@ -266,6 +266,22 @@ def build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation
     TypeError / ValueError: bad `surrogate`, `optimizer`, `sample_size`,
       `data`/`batch_size`/`num_shards`, criterion or model params.
   """
+  return _build(
+      target_log_prob_fn, surrogate, optimizer, sample_size=sample_size,
+      loss=loss, model_params=model_params, data=data, batch_size=batch_size,
+      num_shards=num_shards, convergence_criterion=convergence_criterion,
+      skip_nonfinite=skip_nonfinite,
+      max_consecutive_nonfinite=max_consecutive_nonfinite)[0]
+
+
+def _build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
+          *, sample_size: int = 1, loss: Optional[LossFn] = None,
+          model_params: Optional[PyTree] = None, data: Optional[PyTree] = None,
+          batch_size: Optional[int] = None, num_shards: int = 1,
+          convergence_criterion: Optional[ConvergenceCriterion] = None,
+          skip_nonfinite: bool = True,
+          max_consecutive_nonfinite: Optional[int] = 10) -> VIAlgorithm:
+  """`build`, plus `loss_at(state, key, data)`: the step's loss only."""
   _check_surrogate(surrogate)
   _check_optimizer(optimizer)
   sample_size = check_sample_size(sample_size)
@@ -383,7 +399,20 @@ def build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation
         num_nonfinite=num_nonfinite, num_consecutive_nonfinite=consecutive)
     return new_state, info
 
-  return VIAlgorithm(init=init, step=step)
+  def loss_at(state, key, data=None):
+    """The step's loss only (no gradient): fit's check at initialization."""
+    batch = None
+    if uses_data:
+      key, batch_key = jax.random.split(key)
+      batch, _ = mb.draw(state.data_state, batch_key, data, rows_per_step,
+                         num_shards)
+    trainable = (state.params, state.model_params) if learn_mp else state.params
+    # Through value_and_grad (its unused gradient is dead code): the target's
+    # custom JVP then sees the same trace levels as in `step`, which keeps
+    # targets that close over an outer jax.grad's tracers working.
+    return value_and_grad(trainable, key, batch)[0]
+
+  return VIAlgorithm(init=init, step=step), loss_at
 
 
 def _is_traced(*trees) -> bool:
@@ -494,7 +523,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   if progress_bar is None and _is_traced(key):
     progress_bar = False  # default: no bar inside an outer jit/vmap
   settings = progress.resolve_progress_bar(progress_bar)
-  alg = build(target_log_prob_fn, surrogate, optimizer,
+  alg, loss_at = _build(target_log_prob_fn, surrogate, optimizer,
               sample_size=sample_size, loss=loss, model_params=model_params,
               data=data, batch_size=batch_size, num_shards=num_shards,
               convergence_criterion=convergence_criterion,
@@ -534,11 +563,19 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
               alg.init(init_key, init_params))
     keys = jax.vmap(lambda i: jax.random.fold_in(loop_key, i))(
         state0.step + jnp.arange(num_steps, dtype=jnp.int32))
-    _, tq0 = alg.step(state0, keys[0], data)
-    ok0 = jnp.isfinite(tq0.loss)
+    loss0 = loss_at(state0, keys[0], data)  # = step 0's loss, value only
+    ok0 = jnp.isfinite(loss0)
     if reporter is not None:
-      reporter[0](tq0.loss)
-    trace_spec = jax.eval_shape(trace_fn, tq0)
+      reporter[0](loss0)
+    # trace_fn's output structure from stand-in quantities (gradients have
+    # the params' shapes); dead code in the compiled program.
+    fake = TraceableQuantities(
+        loss=loss0, params=state0.params, grads=state0.params,
+        step=state0.step, model_params=state0.model_params,
+        model_grads=state0.model_params, is_finite=ok0, has_converged=ok0)
+    trace_spec = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+        trace_fn(fake))
 
     def zeros_trace():
       return jax.tree_util.tree_map(
@@ -586,11 +623,11 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       def loop(state):
         state, trace, taken, last = jax.lax.while_loop(
             cond, wbody,
-            (state, zeros_trace(), jnp.zeros((), jnp.int32), tq0.loss))
+            (state, zeros_trace(), jnp.zeros((), jnp.int32), loss0))
         return state, trace, taken, last
 
     def skip(state):
-      return state, zeros_trace(), jnp.zeros((), jnp.int32), tq0.loss
+      return state, zeros_trace(), jnp.zeros((), jnp.int32), loss0
 
     state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
     if reporter is not None:
@@ -608,7 +645,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         num_steps_taken=taken, converged=state.converged,
         num_nonfinite=state.num_nonfinite - state0.num_nonfinite,
         diverged=diverged, trace_mask=mask)
-    return result, tq0.loss
+    return result, loss0
 
   result, loss0 = jax.jit(run)(init_key, loop_key, init_params, init_state,
                                data)

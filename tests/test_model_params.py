@@ -1,0 +1,82 @@
+"""Model-parameter learning (variational EM): closed form and seed 000's GP."""
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tensorflow_probability.substrates.jax as tfp
+
+import vi_jax as vi
+
+tfd, psd = tfp.distributions, tfp.math.psd_kernels
+
+
+def test_empirical_bayes_prior_mean_closed_form():
+  # z ~ N(mu, 1), x | z ~ N(z, 1), x = 5: the marginal N(x; mu, sqrt 2) is
+  # maximized at mu = 5, where the posterior is N(5, 1/sqrt 2). Dict latents:
+  # called as f(model_params, **z).
+  def target(mp, z):
+    return (distrax.Normal(mp["mu"], 1.).log_prob(z) +
+            distrax.Normal(z, 1.).log_prob(5.))
+
+  s = vi.surrogates.mean_field_normal({"z": ()})
+  r = vi.fit(target, s, optax.adam(optax.exponential_decay(0.1, 3000, 0.02)),
+             3000, key=jax.random.key(0), sample_size=16,
+             model_params={"mu": jnp.zeros(())},
+             trace_fn=lambda tq: (tq.loss, tq.model_params["mu"]))
+  assert abs(float(r.model_params["mu"]) - 5.) < 0.1
+  assert abs(float(r.params["loc"][0]) - 5.) < 0.1
+  assert abs(float(jax.nn.softplus(r.params["raw_scale"][0])) /
+             (1 / np.sqrt(2)) - 1) < 0.05
+  np.testing.assert_array_equal(np.asarray(r.trace[1][0]), 0.)
+  assert r.state.model_params is not None
+
+
+# Seed 000: tfp.vi.fit_surrogate_posterior's inhomogeneous Poisson process.
+X = np.array([-10., -7.2, -4., -0.1, 0.1, 4., 6.2, 9.], np.float32).reshape(
+    [-1, 1])
+COUNTS = np.array([100, 90, 60, 13, 18, 37, 55, 42], np.float32)
+
+
+def gp_poisson(mp, log_rates):
+  kernel = psd.ExponentiatedQuadratic(
+      amplitude=jnp.exp(mp["kernel_log_amplitude"]),
+      length_scale=jnp.exp(mp["kernel_log_lengthscale"]))
+  gp = tfd.GaussianProcess(
+      kernel, index_points=X,
+      observation_noise_variance=jnp.exp(mp["observation_noise_log_scale"])**2)
+  return (gp.log_prob(log_rates) +
+          tfd.Poisson(log_rate=log_rates).log_prob(COUNTS).sum())
+
+
+def _log_marginal(surrogate, params, mp, n=20_000):
+  """Importance-sampling estimate of log p(counts | mp) with q as proposal."""
+  z, log_q = surrogate.sample_and_log_prob(params, jax.random.key(7), n)
+  log_p = jax.vmap(lambda lr: gp_poisson(mp, lr))(z)
+  return float(jax.scipy.special.logsumexp(log_p - log_q) - jnp.log(n))
+
+
+def test_gp_poisson_learns_kernel_hyperparameters():
+  mp0 = {"kernel_log_amplitude": jnp.zeros(()),
+         "kernel_log_lengthscale": jnp.zeros(()),
+         "observation_noise_log_scale": jnp.zeros(())}
+  s = vi.surrogates.mean_field_normal((8,))
+  opt = optax.adam(optax.exponential_decay(0.1, 1500, 0.1))
+  learned = vi.fit(gp_poisson, s, opt, 1500, key=jax.random.key(0),
+                   sample_size=8, model_params=mp0)
+  fixed = vi.fit(lambda lr: gp_poisson(mp0, lr), s, opt, 1500,
+                 key=jax.random.key(0), sample_size=8)
+  assert set(learned.model_params) == set(mp0)
+  # The learned hyperparameters raise the marginal likelihood (the objective
+  # variational EM climbs), each side with its own fitted q as the proposal.
+  before = _log_marginal(s, fixed.params, mp0)
+  after = _log_marginal(s, learned.params, learned.model_params)
+  assert after > before + 5.
+  # And the ELBO at the end is higher than with the initial hyperparameters.
+  assert float(learned.trace[-200:].mean()) < float(fixed.trace[-200:].mean())
+  # Posterior mean rates E_q[exp(log_rates)] track the counts.
+  z, _ = s.sample_and_log_prob(learned.params, jax.random.key(1), 4000)
+  rates = np.asarray(jnp.exp(z).mean(0))
+  assert np.all(np.abs(rates - COUNTS) / COUNTS < 0.25)
+  assert np.corrcoef(rates, COUNTS)[0, 1] > 0.98
