@@ -566,7 +566,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     loss0 = loss_at(state0, keys[0], data)  # = step 0's loss, value only
     ok0 = jnp.isfinite(loss0)
     if reporter is not None:
-      reporter[0](loss0)
+      reporter.start(loss0)
     # trace_fn's output structure from stand-in quantities (gradients have
     # the params' shapes); dead code in the compiled program.
     fake = TraceableQuantities(
@@ -584,26 +584,51 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     if convergence_criterion is None:
 
       def body(state, ik):
-        i, k = ik
+        _, k = ik
         active = ~state.converged
         if max_consecutive_nonfinite is not None:
           active = active & (state.num_consecutive_nonfinite <
                              max_consecutive_nonfinite)
         state, tq = alg.step(state, k, data)
-        if reporter is not None:
-          reporter[1](i, tq.loss)
         return state, (trace_fn(tq), active, tq.loss)
 
       def loop(state):
-        state, (trace, mask, losses) = jax.lax.scan(
-            body, state, (jnp.arange(num_steps, dtype=jnp.int32), keys))
+        idx = jnp.arange(num_steps, dtype=jnp.int32)
+        if reporter is None:
+          state, ys = jax.lax.scan(body, state, (idx, keys))
+        else:  # chunks of `every` steps, one bar update between chunks
+          every = reporter.every
+          n_chunks, head = num_steps // every, num_steps // every * every
+          parts = []
+          if n_chunks:
+
+            def chunk(carry, iks):
+              state, next_report = carry
+              state, ys = jax.lax.scan(body, state, iks)
+              next_report = reporter.maybe_report(iks[0][-1] + 1, ys[2][-1],
+                                                  next_report)
+              return (state, next_report), ys
+
+            (state, _), ys = jax.lax.scan(
+                chunk, (state, jnp.asarray(every, jnp.int32)),
+                jax.tree_util.tree_map(
+                    lambda x: x[:head].reshape((n_chunks, every) + x.shape[1:]),
+                    (idx, keys)))
+            parts.append(jax.tree_util.tree_map(
+                lambda y: y.reshape((head,) + y.shape[2:]), ys))
+          if head < num_steps:
+            state, ys = jax.lax.scan(body, state, (idx[head:], keys[head:]))
+            parts.append(ys)
+          ys = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
+              lambda *a: jnp.concatenate(a), *parts)
+        trace, mask, losses = ys
         taken = jnp.sum(mask.astype(jnp.int32)).astype(jnp.int32)
         last = losses[jnp.maximum(taken - 1, 0)]
         return state, trace, taken, last
     else:
 
       def cond(carry):
-        state, _, i, _ = carry
+        state, _, i, _, _ = carry
         go = (i < num_steps) & ~state.converged
         if max_consecutive_nonfinite is not None:
           go = go & (state.num_consecutive_nonfinite <
@@ -611,19 +636,21 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         return go
 
       def wbody(carry):
-        state, trace, i, _ = carry
+        state, trace, i, _, next_report = carry
         state, tq = alg.step(state, keys[i], data)
         if reporter is not None:
-          reporter[1](i, tq.loss)
+          next_report = reporter.maybe_report(i + 1, tq.loss, next_report)
         trace = jax.tree_util.tree_map(
             lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, i, 0),
             trace, trace_fn(tq))
-        return state, trace, i + 1, tq.loss
+        return state, trace, i + 1, tq.loss, next_report
 
       def loop(state):
-        state, trace, taken, last = jax.lax.while_loop(
+        first = reporter.every if reporter is not None else 0
+        state, trace, taken, last, _ = jax.lax.while_loop(
             cond, wbody,
-            (state, zeros_trace(), jnp.zeros((), jnp.int32), loss0))
+            (state, zeros_trace(), jnp.zeros((), jnp.int32), loss0,
+             jnp.asarray(first, jnp.int32)))
         return state, trace, taken, last
 
     def skip(state):
@@ -631,7 +658,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
 
     state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
     if reporter is not None:
-      reporter[2](taken, last)
+      reporter.finish(taken, last)
     mask = jnp.arange(num_steps) < taken
     trace = jax.tree_util.tree_map(
         lambda t: jnp.where(mask.reshape((-1,) + (1,) * (t.ndim - 1)), t,
@@ -651,7 +678,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
                                data)
   if reporter is not None:
     jax.effects_barrier()
-    reporter[3].close()
+    reporter.host.close()
   if not _is_traced(loss0):
     if not bool(jnp.isfinite(loss0)):
       raise FloatingPointError(

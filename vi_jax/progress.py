@@ -1,8 +1,11 @@
 """Progress reporting from inside the compiled fit loop (a tqdm bar).
 
-The loop calls `jax.debug.callback` at most once every `every` steps (inside
-a `lax.cond`), handing the host the step count and the current loss; the host
-side updates a `tqdm` bar (which shows steps/s itself). When progress is off no
+The scan runs in chunks of `every` steps (a nested `lax.scan`, so no per-step
+cost); between chunks a device-side comparison decides whether to call the
+host (`io_callback`) with the step count and the current loss; the host
+updates a `tqdm` bar (which shows steps/s itself) and answers with the step
+at which to call next, about `mininterval` seconds later at the measured
+rate. The early-stopping while loop makes the same comparison every step. When progress is off no
 callback is traced at all, so the compiled program has none.
 
 The bar object is host-side display state, created on the first callback of a
@@ -13,8 +16,12 @@ under an outer `jax.jit`) and draws a fresh bar each time.
 import sys
 from typing import Any, NamedTuple, Optional
 
+import time
+
 import jax
+from jax.experimental import io_callback
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["ProgressBar", "resolve_progress_bar"]
 
@@ -23,16 +30,17 @@ class ProgressBar(NamedTuple):
   """Settings of the progress bar.
 
   Attributes:
-    every: update the bar at most every `every` steps; None picks
-      `max(1, num_steps // 100)` (about 100 updates per fit).
+    every: the loop checks whether to update the bar every `every` steps (a
+      device-side comparison); None picks `max(1, num_steps // 100)`.
     file: where tqdm writes (default `sys.stderr`).
     desc: the bar's label.
-    mininterval: tqdm's minimum seconds between redraws.
+    mininterval: seconds between updates: the host schedules the next update
+      from the measured steps/s (also tqdm's minimum redraw interval).
   """
   every: Optional[int] = None
   file: Any = None
   desc: str = "vi.fit"
-  mininterval: float = 0.1
+  mininterval: float = 0.2
 
 
 def resolve_progress_bar(progress_bar) -> Optional[ProgressBar]:
@@ -72,6 +80,14 @@ class _HostBar:
     self.bar = tqdm(total=self.total, desc=self.settings.desc,
                     file=self.settings.file or sys.stderr, unit="step",
                     dynamic_ncols=True, mininterval=self.settings.mininterval)
+    self.t0 = time.perf_counter()
+
+  def report(self, step: int, loss: float, every: int) -> int:
+    """Updates the bar; returns the step count to report at next."""
+    self(step, loss, False)
+    rate = step / max(time.perf_counter() - self.t0, 1e-9)  # steps per second
+    ahead = int(rate * self.settings.mininterval)
+    return step + max(every, ahead // every * every)
 
   def __call__(self, step, loss, done):
     step, done = int(step), bool(done)
@@ -89,31 +105,47 @@ class _HostBar:
       self.bar = None
 
 
-def make_reporter(settings: ProgressBar, num_steps: int):
-  """Returns `(start(), report(step, loss), finish(steps_done, loss), host)`.
+class Reporter(NamedTuple):
+  """The traced side of the bar (see `make_reporter`)."""
+  every: int  # steps per chunk: the finest update granularity
+  start: Any  # (loss) -> None: opens the bar before the loop
+  maybe_report: Any  # (steps_done, loss, next_report) -> next_report
+  finish: Any  # (steps_done, loss) -> None: last update and close
+  host: Any  # the _HostBar
 
-  `start` is traced once before the loop (opens the bar, so steps/s counts
-  from the start); `report` is called in the loop body with the step index
-  (0-based within this fit) and fires a callback when
-  `(step + 1) % every == 0`; `finish` is traced once after the loop and
-  closes the bar at the real number of steps.
+
+def make_reporter(settings: ProgressBar, num_steps: int) -> Reporter:
+  """The callbacks of one fit's bar.
+
+  `fit`'s scan runs chunks of `every` steps; between chunks it calls
+  `maybe_report`, a `lax.cond` on `steps_done >= next_report` (device side,
+  no host round trip) whose true branch is an `io_callback` that updates the
+  bar and returns the next step to report at, chosen by the host from the
+  measured steps/s so that updates come about every `mininterval` seconds.
+  So a fit pays ~1/mininterval host round trips per second, whatever its
+  step time. `start` and `finish` are traced once, before and after the loop.
   """
   every = settings.every or max(1, num_steps // 100)
   host = _HostBar(num_steps, settings)
 
-  def callback(step, loss, done):
-    host(step, loss, done)
+  def done_callback(step, loss):
+    host(step, loss, True)
+
+  def report_callback(step, loss):
+    return np.asarray(host.report(int(step), float(loss), every), np.int32)
 
   def start(token):
     jax.debug.callback(lambda _: host.start(), token)
 
-  def report(step, loss):
-    jax.lax.cond((step + 1) % every == 0,
-                 lambda: jax.debug.callback(callback, step + 1, loss,
-                                            jnp.bool_(False)),
-                 lambda: None)
+  def maybe_report(steps_done, loss, next_report):
+    return jax.lax.cond(
+        steps_done >= next_report,
+        lambda: io_callback(report_callback,
+                            jax.ShapeDtypeStruct((), jnp.int32), steps_done,
+                            loss),
+        lambda: next_report)
 
   def finish(steps_done, loss):
-    jax.debug.callback(callback, steps_done, loss, jnp.bool_(True))
+    jax.debug.callback(done_callback, steps_done, loss)
 
-  return start, report, finish, host
+  return Reporter(every, start, maybe_report, finish, host)
