@@ -68,11 +68,11 @@ def test_minibatch_svi_100k_rows_matches_full_data_posterior_mean():
   sd = np.sqrt(np.diag(np.linalg.inv(
       (x * (p * (1 - p))[:, None]).T @ x + np.eye(d))))
   s = vi.surrogates.mean_field_normal((d,))
-  r = vi.fit(TARGET, s, optax.adam(optax.exponential_decay(0.05, 3000, 0.02)),
-             3000, key=jax.random.key(0), sample_size=4,
+  r = vi.fit(TARGET, s, optax.adam(optax.exponential_decay(0.05, 2000, 0.02)),
+             2000, key=jax.random.key(0), sample_size=4,
              data=(jnp.asarray(x), jnp.asarray(y)), batch_size=b)
   loc = np.asarray(r.params["loc"])
-  assert np.all(np.abs(loc - w_map) < 3 * sd), (loc, w_map, sd)
+  assert np.all(np.abs(loc - w_map) < 1.5 * sd), (loc, w_map, sd)
   # The likelihood is scaled by N/B: the loss is on the full-data scale.
   full_neg_log_lik = -float(_loglik((x, y), jnp.asarray(w_map)))
   assert abs(float(r.trace[-100:].mean()) / full_neg_log_lik - 1) < 0.02

@@ -50,11 +50,32 @@ def gp_poisson(mp, log_rates):
           tfd.Poisson(log_rate=log_rates).log_prob(COUNTS).sum())
 
 
-def _log_marginal(surrogate, params, mp, n=20_000):
-  """Importance-sampling estimate of log p(counts | mp) with q as proposal."""
-  z, log_q = surrogate.sample_and_log_prob(params, jax.random.key(7), n)
-  log_p = jax.vmap(lambda lr: gp_poisson(mp, lr))(z)
-  return float(jax.scipy.special.logsumexp(log_p - log_q) - jnp.log(n))
+def _laplace_log_marginal(mp):
+  """Laplace approximation of log p(counts | mp), by Newton's method (float64).
+
+  Independent of vi_jax: the mode of log N(f; 0, K + s^2 I) + log Poisson(y | e^f)
+  and the Hessian there.
+  """
+  amp = np.exp(float(mp["kernel_log_amplitude"]))
+  ls = np.exp(float(mp["kernel_log_lengthscale"]))
+  noise = np.exp(float(mp["observation_noise_log_scale"]))
+  x = X[:, 0].astype(np.float64)
+  k = amp**2 * np.exp(-0.5 * (x[:, None] - x[None, :])**2 / ls**2)
+  k = k + noise**2 * np.eye(len(x))
+  k_inv = np.linalg.inv(k)
+  y = COUNTS.astype(np.float64)
+  f = np.log(y)
+  for _ in range(100):
+    grad = -k_inv @ f + y - np.exp(f)
+    hess = k_inv + np.diag(np.exp(f))
+    f = f + np.linalg.solve(hess, grad)
+  from scipy.special import gammaln  # pylint: disable=g-import-not-at-top
+  log_joint = (-0.5 * f @ k_inv @ f - 0.5 * np.linalg.slogdet(k)[1] -
+               0.5 * len(x) * np.log(2 * np.pi) +
+               np.sum(y * f - np.exp(f) - gammaln(y + 1)))
+  hess = k_inv + np.diag(np.exp(f))
+  return log_joint + 0.5 * len(x) * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(
+      hess)[1]
 
 
 def test_gp_poisson_learns_kernel_hyperparameters():
@@ -62,19 +83,18 @@ def test_gp_poisson_learns_kernel_hyperparameters():
          "kernel_log_lengthscale": jnp.zeros(()),
          "observation_noise_log_scale": jnp.zeros(())}
   s = vi.surrogates.mean_field_normal((8,))
-  opt = optax.adam(optax.exponential_decay(0.1, 1500, 0.1))
-  learned = vi.fit(gp_poisson, s, opt, 1500, key=jax.random.key(0),
-                   sample_size=8, model_params=mp0)
-  fixed = vi.fit(lambda lr: gp_poisson(mp0, lr), s, opt, 1500,
-                 key=jax.random.key(0), sample_size=8)
+  learned = vi.fit(gp_poisson, s,
+                   optax.adam(optax.exponential_decay(0.1, 1500, 0.1)), 1500,
+                   key=jax.random.key(0), sample_size=8, model_params=mp0)
   assert set(learned.model_params) == set(mp0)
-  # The learned hyperparameters raise the marginal likelihood (the objective
-  # variational EM climbs), each side with its own fitted q as the proposal.
-  before = _log_marginal(s, fixed.params, mp0)
-  after = _log_marginal(s, learned.params, learned.model_params)
-  assert after > before + 5.
-  # And the ELBO at the end is higher than with the initial hyperparameters.
-  assert float(learned.trace[-200:].mean()) < float(fixed.trace[-200:].mean())
+  # The learned hyperparameters raise the marginal likelihood, the objective
+  # variational EM climbs (Laplace approximation, computed independently).
+  before = _laplace_log_marginal(mp0)
+  after = _laplace_log_marginal(learned.model_params)
+  assert after > before + 10., (before, after)
+  # The variational bound at the end is below (and near) that marginal.
+  final_elbo = -float(learned.trace[-200:].mean())
+  assert final_elbo < after + 0.5 and final_elbo > after - 5.
   # Posterior mean rates E_q[exp(log_rates)] track the counts.
   z, _ = s.sample_and_log_prob(learned.params, jax.random.key(1), 4000)
   rates = np.asarray(jnp.exp(z).mean(0))
