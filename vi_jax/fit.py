@@ -407,12 +407,18 @@ def _build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformatio
       batch, _ = mb.draw(state.data_state, batch_key, data, rows_per_step,
                          num_shards)
     trainable = (state.params, state.model_params) if learn_mp else state.params
-    # Through value_and_grad (its unused gradient is dead code): the target's
-    # custom JVP then sees the same trace levels as in `step`, which keeps
-    # targets that close over an outer jax.grad's tracers working.
-    return value_and_grad(trainable, key, batch)[0]
+    return objective(trainable, key, batch)
 
   return VIAlgorithm(init=init, step=step), loss_at
+
+
+def _trace_state_clean() -> bool:
+  """True when `fit` is called outside any jit/vmap/grad trace."""
+  try:
+    from jax._src import core as jax_core  # pylint: disable=g-import-not-at-top
+    return bool(jax_core.trace_state_clean())
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def _is_traced(*trees) -> bool:
@@ -512,7 +518,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       `data`/`batch_size`, `init_params` or `init_state` whose structure or
       shapes differ, a target that fails or returns a non-scalar on one draw.
     FloatingPointError: the loss at the initial params is not finite (the loop
-      is not run; only raised outside an outer jit/vmap).
+      is not run; checked only when fit is called outside jit/vmap/grad).
 
   References:
     tfp.vi.fit_surrogate_posterior_stateless; tfp.math.minimize (criteria,
@@ -558,15 +564,30 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   if settings is not None:
     reporter = progress.make_reporter(settings, num_steps)
 
+  # The check of the initial loss runs only for a top-level call (not under an
+  # outer jit/vmap/grad, where it could not raise anyway): a forward pass of
+  # the loss, then the loop under a lax.cond. Under outer transformations a
+  # target may close over their tracers, which a forward-only pass of the
+  # fused-gradient target would not accept.
+  check_init = _trace_state_clean()
+  loss_dtype = jnp.result_type(*[
+      l for l in jax.tree_util.tree_leaves(jax.eval_shape(
+          surrogate.init, key) if z_params is None else z_params)
+      if jnp.issubdtype(jnp.result_type(l), jnp.floating)] or [float])
+
   def run(init_key, loop_key, init_params, init_state, data):
     state0 = (init_state if init_state is not None else
               alg.init(init_key, init_params))
     keys = jax.vmap(lambda i: jax.random.fold_in(loop_key, i))(
         state0.step + jnp.arange(num_steps, dtype=jnp.int32))
-    loss0 = loss_at(state0, keys[0], data)  # = step 0's loss, value only
-    ok0 = jnp.isfinite(loss0)
+    if check_init:  # step 0's loss, value only (a forward pass, once)
+      loss0 = loss_at(state0, keys[0], data)
+      ok0 = jnp.isfinite(loss0)
+    else:
+      loss0 = jnp.zeros((), loss_dtype)
+      ok0 = jnp.ones((), bool)
     if reporter is not None:
-      reporter.start(loss0)
+      reporter.start(state0.step)
     # trace_fn's output structure from stand-in quantities (gradients have
     # the params' shapes); dead code in the compiled program.
     fake = TraceableQuantities(
@@ -641,9 +662,9 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         if reporter is not None:
           next_report = reporter.maybe_report(i + 1, tq.loss, next_report)
         trace = jax.tree_util.tree_map(
-            lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, i, 0),
-            trace, trace_fn(tq))
-        return state, trace, i + 1, tq.loss, next_report
+            lambda buf, v: jax.lax.dynamic_update_index_in_dim(
+                buf, v.astype(buf.dtype), i, 0), trace, trace_fn(tq))
+        return state, trace, i + 1, tq.loss.astype(loss0.dtype), next_report
 
       def loop(state):
         first = reporter.every if reporter is not None else 0
@@ -656,7 +677,10 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     def skip(state):
       return state, zeros_trace(), jnp.zeros((), jnp.int32), loss0
 
-    state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
+    if check_init:
+      state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
+    else:
+      state, trace, taken, last = loop(state0)
     if reporter is not None:
       reporter.finish(taken, last)
     mask = jnp.arange(num_steps) < taken
@@ -679,7 +703,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   if reporter is not None:
     jax.effects_barrier()
     reporter.host.close()
-  if not _is_traced(loss0):
+  if check_init and not _is_traced(loss0):
     if not bool(jnp.isfinite(loss0)):
       raise FloatingPointError(
           f"vi.fit: the loss at the initial params is {float(loss0)} (not "
