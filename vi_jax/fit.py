@@ -16,6 +16,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vi_jax import minibatch as mb
@@ -52,9 +53,9 @@ class VIState(NamedTuple):
   model_params: PyTree = ()  # learned model params (or ())
   data_state: PyTree = ()  # vi_jax.minibatch.MinibatchState (or ())
   criterion_state: PyTree = ()  # the convergence criterion's state (or ())
-  converged: Array = False  # shape=(), bool: the criterion has fired
-  num_nonfinite: Array = 0  # shape=(), int32: skipped non-finite steps
-  num_consecutive_nonfinite: Array = 0  # shape=(), int32: current run of them
+  converged: Array = np.bool_(False)  # shape=(), bool: the criterion fired
+  num_nonfinite: Array = np.int32(0)  # shape=(), int32: skipped steps
+  num_consecutive_nonfinite: Array = np.int32(0)  # shape=(), int32
 
 
 class TraceableQuantities(NamedTuple):
@@ -65,8 +66,8 @@ class TraceableQuantities(NamedTuple):
   step: Array  # shape=(), int32: index of this step
   model_params: PyTree = ()  # model params at which loss was evaluated
   model_grads: PyTree = ()  # d loss / d model_params
-  is_finite: Array = True  # shape=(), bool: loss and grads finite (applied)
-  has_converged: Array = False  # shape=(), bool: criterion fired this step
+  is_finite: Array = np.bool_(True)  # shape=(), bool: loss and grads finite
+  has_converged: Array = np.bool_(False)  # shape=(), bool: criterion fired
 
 
 class VIAlgorithm(NamedTuple):
