@@ -7,7 +7,13 @@ pure, composable functions (jit, vmap, grad) over pytrees.
 from vi_jax import bijectors
 from vi_jax import csiszar
 from vi_jax import kl
+from vi_jax import checkpoint
+from vi_jax import convergence
 from vi_jax import losses
+from vi_jax import minibatch
+from vi_jax import progress
+from vi_jax import restarts
+from vi_jax import sharding
 from vi_jax import surrogates
 from vi_jax import target
 from vi_jax.fit import FitResult
@@ -29,6 +35,8 @@ __all__ = [
     "VIAlgorithm",
     "VIState",
     "bijectors",
+    "checkpoint",
+    "convergence",
     "build",
     "csiszar",
     "fit",
@@ -36,6 +44,10 @@ __all__ = [
     "kl_divergence",
     "losses",
     "monte_carlo_kl",
+    "minibatch",
+    "progress",
+    "restarts",
+    "sharding",
     "surrogates",
     "target",
 ]

@@ -1,0 +1,85 @@
+"""Overhead of the progress bar (default refresh) and of NaN safety.
+
+    python -m benchmarks.progress_overhead [--quick] [--steps 2000]
+
+For each target, times one compiled `vi.fit` returning its whole FitResult
+(mean-field, sample_size 16, Adam, the loss traced every step) with the
+progress bar off (the default path), with the bar at its default refresh
+(written to /dev/null), and with NaN safety off, next to the bare kernel
+(benchmarks.common.bare_kernel, which computes gradients but no loss value).
+Timings interleave the variants and report medians of seconds per 1000 steps;
+the overheads are ratios of those medians.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import optax
+
+import vi_jax as vi
+from benchmarks import common
+
+
+def _compile(fn, key):
+  compiled = jax.jit(fn).lower(key).compile()
+  jax.block_until_ready(compiled(key))
+  return compiled
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--steps", type=int, default=2000)
+  parser.add_argument("--sample-size", type=int, default=16)
+  args = parser.parse_args(argv)
+  steps = 300 if args.quick else args.steps
+  repeats = 3 if args.quick else 11
+  optimizer = optax.adam(1e-2)
+  key = jax.random.key(0)
+  devnull = open(os.devnull, "w")  # pylint: disable=consider-using-with
+  bar = vi.progress.ProgressBar(file=devnull)
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, "
+        f"steps={steps}, sample_size={args.sample_size}, repeats={repeats}")
+  print("| target | bare kernel | fit: bar off (default) | fit: bar on "
+        "(default refresh) | fit: NaN safety off | bar overhead | "
+        "NaN-safety cost | default / kernel |")
+  print("|---|---|---|---|---|---|---|---|")
+  rows = []
+  for target in (common.stochastic_volatility_small(),
+                 common.breast_cancer_logistic_regression()):
+    s = vi.surrogates.mean_field_normal(target.event_shape, target.bijector)
+
+    def run(k, progress_bar=False, skip_nonfinite=True, target=target, s=s):
+      return vi.fit(target.target_log_prob_fn, s, optimizer, steps, key=k,
+                    sample_size=args.sample_size, progress_bar=progress_bar,
+                    skip_nonfinite=skip_nonfinite)  # the whole FitResult
+
+    variants = {
+        "kernel": _compile(common.bare_kernel(
+            target.unconstrained_log_prob, target.dim, optimizer,
+            args.sample_size, steps), key),
+        "off": _compile(run, key),
+        "bar": _compile(lambda k: run(k, progress_bar=bar), key),
+        "nonan": _compile(lambda k: run(k, skip_nonfinite=False), key),
+    }
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+      for name, fn in variants.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(key))
+        times[name].append(time.perf_counter() - t0)
+    med = {n: statistics.median(t) / steps * 1000 for n, t in times.items()}
+    row = (target.name, med["kernel"], med["off"], med["bar"], med["nonan"],
+           med["bar"] / med["off"] - 1, med["off"] / med["nonan"] - 1,
+           med["off"] / med["kernel"])
+    print("| {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:+.1%} | {:+.1%} | "
+          "{:.3f} |".format(*row), flush=True)
+    rows.append(row)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
