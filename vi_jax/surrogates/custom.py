@@ -39,9 +39,9 @@ def from_distribution(build_fn: Callable[[Params], Any], init_params,
 
   Args:
     build_fn: `params -> distribution` with no batch shape. Its event shape is
-      the unconstrained shape of the latent (`event_shape=None`), or `[dim]`
-      for a pytree `event_shape` (the flat unconstrained vector, split in the
-      order of `jax.tree_util.tree_leaves(event_shape)`).
+      the unconstrained shape of the latent, or `[dim]`, the flat
+      unconstrained vector (split in the order of
+      `jax.tree_util.tree_leaves(event_shape)` for a pytree of latents).
     init_params: the initial params pytree, or `(key) -> params`.
     bijector: None, one bijector, or a pytree of bijectors matching the
       latents, mapping the distribution's support onto each latent's.
@@ -81,12 +81,15 @@ def from_distribution(build_fn: Callable[[Params], Any], init_params,
     event_shape = dist_event
   space = bij_lib.latent_space(event_shape, bijector)
   single = bij_lib.is_shape(space.event_shape)
-  expected = tuple(space.unconstrained_shapes[0]) if single else (space.dim,)
-  if dist_event != expected:
+  allowed = [(space.dim,)]
+  if single:
+    allowed.append(tuple(space.unconstrained_shapes[0]))
+  if dist_event not in allowed:
     raise ValueError(
         f"build_fn's distribution has event shape {dist_event}, but the latents "
-        f"(event_shape={space.event_shape}, bijector={bijector!r}) need "
-        f"{expected} (the flat unconstrained vector for a pytree of latents).")
+        f"(event_shape={space.event_shape}, bijector={bijector!r}) need one of "
+        f"{sorted(set(allowed))} (the latent's unconstrained shape, or the flat "
+        "unconstrained vector [dim]).")
 
   if len(dist_event) == 1:
     flat_distribution_fn = distribution_fn
@@ -100,7 +103,7 @@ def from_distribution(build_fn: Callable[[Params], Any], init_params,
   if reparameterized is None:
     reparameterized = _is_reparameterized(raw0)
   surrogate = surrogate._replace(reparameterized=bool(reparameterized))
-  if single and space.is_identity:
+  if single and space.is_identity and dist_event == tuple(space.event_shape):
     return surrogate._replace(distribution_fn=distribution_fn)
   return with_distribution_fn(surrogate, space, flat_distribution_fn)
 
