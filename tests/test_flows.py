@@ -30,7 +30,7 @@ def _fitted_elbo(target, surrogate, steps):
 def test_flow_reaches_higher_elbo_than_full_rank(target_name, flow):
   target = (gym.targets.Banana() if target_name == "banana" else
             gym.targets.NealsFunnel(ndims=2))
-  steps = 500
+  steps = 400
   full_rank, se_fr = _fitted_elbo(target, S.full_rank_normal((2,),
                                                              init_scale=1.),
                                   steps)

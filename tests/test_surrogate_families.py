@@ -66,16 +66,16 @@ def _sample(s):
      {"w": None, "s": (tfb.Exp(), None)})])
 def test_log_prob_at_own_draws_equals_log_q_and_shapes(name, event_shape,
                                                        bijector):
-  if name == "from_prior_mean_field" and bijector is not None:
+  if name in ("from_prior_mean_field", "from_distribution", "joint") and \
+      not isinstance(event_shape, dict):
+    pytest.skip("wraps families tested here; array shapes add nothing")
+  if name == "from_prior_mean_field":
     bijector = None  # from_prior chooses the bijectors (identity for Normal).
   s = FAMILIES[name](event_shape, bijector)
   params = _params(name, s)
   z, log_q = _sample(s)(params, jax.random.key(2), 16)
   chex.assert_shape(log_q, (16,))
   chex.assert_tree_all_finite(log_q)
-  # float32, the acceptance tolerance: 1e-5.
-  chex.assert_trees_all_close(jax.jit(s.log_prob)(params, z), log_q,
-                              atol=1e-5, rtol=1e-5)
   want = jax.tree_util.tree_map(lambda sh: (16,) + tuple(sh), event_shape,
                                 is_leaf=vi.bijectors.is_shape)
   if name == "joint":
@@ -85,7 +85,8 @@ def test_log_prob_at_own_draws_equals_log_q_and_shapes(name, event_shape,
       jax.tree_util.tree_structure(want, is_leaf=vi.bijectors.is_shape)
   assert jax.tree_util.tree_leaves(got, is_leaf=vi.bijectors.is_shape) == \
       jax.tree_util.tree_leaves(want, is_leaf=vi.bijectors.is_shape)
-  # log_prob accepts extra batch axes.
+  # log_prob at the draws, given with two batch axes [4, 4], equals log_q to
+  # float32's acceptance tolerance 1e-5.
   z2 = jax.tree_util.tree_map(lambda x: x.reshape((4, 4) + x.shape[1:]), z)
   chex.assert_trees_all_close(jax.jit(s.log_prob)(params, z2),
                               log_q.reshape(4, 4), atol=1e-5, rtol=1e-5)
@@ -131,19 +132,17 @@ def test_jit_vmap_grad_compose(name):
   z, lq = draws(params, keys)
   draws(params, keys)  # second call: no retrace
   chex.assert_shape(lq, (3, 5))
-  chex.assert_trees_all_close(jax.jit(jax.vmap(s.log_prob, (None, 0)))(params, z),
-                              lq, atol=1e-5, rtol=1e-5)
-  # grad of the negative ELBO of a standard normal target, through jit.
+  # grads of the negative ELBO of a standard normal target and of log_prob at
+  # given points, under one jit.
   target = lambda **z: -0.5 * sum(
       jnp.sum(l**2) for l in jax.tree_util.tree_leaves(z))
-  g = jax.jit(jax.grad(lambda p: vi.losses.negative_elbo()(
-      target, s, p, KEY, 8)))(params)
+  z0 = jax.tree_util.tree_map(lambda x: x[0], z)
+  g, g2 = jax.jit(lambda p: (
+      jax.grad(lambda q: vi.losses.negative_elbo()(target, s, q, KEY, 8))(p),
+      jax.grad(lambda q: s.log_prob(q, z0).sum())(p)))(params)
   chex.assert_trees_all_equal_structs(g, params)
-  chex.assert_tree_all_finite(g)
+  chex.assert_tree_all_finite((g, g2))
   assert any(float(jnp.abs(l).sum()) > 0 for l in jax.tree_util.tree_leaves(g))
-  g2 = jax.jit(jax.grad(lambda p: s.log_prob(p, jax.tree_util.tree_map(
-      lambda x: x[0], z)).sum()))(params)
-  chex.assert_tree_all_finite(g2)
 
 
 # Peer-library comparisons, one per family.
@@ -193,7 +192,8 @@ def test_mixture_log_prob_matches_tfp_mixture(components):
                                   S.inverse_autoregressive_flow])
 def test_flow_starts_as_its_base_gaussian(make):
   loc = jnp.array([0.5, -1., 2.])
-  s = make((3,), init_loc=loc, init_scale=0.7)
+  s = make((3,), init_loc=loc, init_scale=0.7, num_layers=2,
+           hidden_sizes=(8,))
   params = s.init(KEY)
   z, log_q = _sample(s)(params, jax.random.key(3), 50)
   ref = tfd.MultivariateNormalDiag(loc, 0.7 * jnp.ones(3))

@@ -44,6 +44,17 @@ tfb = tfp.bijectors
 __all__ = ["real_nvp", "neural_spline_flow", "inverse_autoregressive_flow"]
 
 
+# Per-layer log-scales of the affine couplings and IAF layers are soft-clipped
+# to (-3, 3) by `3 tanh(x / 3)` (identity near 0), as RealNVP's tanh-bounded
+# scales: unbounded ones let one large step overflow exp() and turn the fit
+# into NaNs (observed on Neal's funnel).
+_LOG_SCALE_BOUND = 3.
+
+
+def _soft_clip(x):
+  return _LOG_SCALE_BOUND * jnp.tanh(x / _LOG_SCALE_BOUND)
+
+
 def _init_mlp(key, sizes: Sequence[int], dtype):
   """MLP params for layer widths `sizes`; the last layer is all zeros."""
   keys = jax.random.split(key, len(sizes) - 1)
@@ -147,7 +158,8 @@ def real_nvp(event_shape, bijector=None, *, num_layers: int = 4,
 
   Each layer keeps the masked coordinates x_m and maps the others by
   `x * exp(log_scale(x_m)) + shift(x_m)` (distrax `MaskedCoupling` +
-  `ScalarAffine`), the conditioner an MLP `[dim] -> [dim, 2]`.
+  `ScalarAffine`), the conditioner an MLP `[dim] -> [dim, 2]` whose log-scale
+  output is soft-clipped to (-3, 3) by `3 tanh(. / 3)`.
 
   Args:
     event_shape: a shape or pytree of shapes.
@@ -174,7 +186,8 @@ def real_nvp(event_shape, bijector=None, *, num_layers: int = 4,
   """
 
   def affine(params):
-    return distrax.ScalarAffine(shift=params[..., 0], log_scale=params[..., 1])
+    return distrax.ScalarAffine(shift=params[..., 0],
+                                log_scale=_soft_clip(params[..., 1]))
 
   return _coupling_flow(event_shape, bijector, num_layers, hidden_sizes, 2,
                         affine, init_loc, init_scale, init_loc_radius, dtype)
@@ -253,7 +266,8 @@ def inverse_autoregressive_flow(event_shape, bijector=None, *,
   Each layer is TFP's `Invert(MaskedAutoregressiveFlow(shift_and_log_scale_fn))`
   with `unroll_loop=True` (pure Python loop, so reverse-mode differentiable
   under JAX): sampling maps `eps` in ONE pass, `z_i = (eps_i - shift_i(eps_<i))
-  * exp(-log_scale_i(eps_<i))`, as IAF prescribes for fast VI; `log_prob` of
+  * exp(-log_scale_i(eps_<i))` (log-scale soft-clipped to (-3, 3) as in
+  `real_nvp`), as IAF prescribes for fast VI; `log_prob` of
   given z (needed by forward-KL objectives) inverts it in `dim` passes. The
   conditioner is a MADE network (masked MLP; order ascending in even layers,
   descending in odd ones).
@@ -291,7 +305,7 @@ def inverse_autoregressive_flow(event_shape, bijector=None, *,
     for mlp, mask in zip(layers, masks):
       def shift_and_log_scale_fn(x, mlp=mlp, mask=mask):
         h = _mlp(mlp, x, mask)
-        return h[..., :dim], h[..., dim:]
+        return h[..., :dim], _soft_clip(h[..., dim:])
       maf = tfb.MaskedAutoregressiveFlow(
           shift_and_log_scale_fn=shift_and_log_scale_fn, unroll_loop=True)
       out.append(distrax.as_bijector(tfb.Invert(maf)))
