@@ -186,6 +186,10 @@ def test_mixture_log_prob_matches_tfp_mixture(components):
       tfd.MixtureSameFamily(tfd.Categorical(logits=params["logits"]), comp),
       tfb.Exp())
   chex.assert_trees_all_close(log_q, ref.log_prob(z), atol=1e-4, rtol=1e-4)
+  # distribution_fn: the distrax distribution of z (Exp bijector included).
+  chex.assert_trees_all_close(
+      jax.jit(lambda p, x: s.distribution_fn(p).log_prob(x))(params, z),
+      ref.log_prob(z), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("make", [S.real_nvp, S.neural_spline_flow,
@@ -200,6 +204,9 @@ def test_flow_starts_as_its_base_gaussian(make):
   chex.assert_trees_all_close(log_q, ref.log_prob(z), atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(jax.jit(s.log_prob)(params, z), ref.log_prob(z),
                               atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(
+      jax.jit(lambda p, x: s.distribution_fn(p).log_prob(x))(params, z),
+      ref.log_prob(z), atol=1e-5, rtol=1e-5)
 
 
 def test_iaf_is_autoregressive():
