@@ -13,7 +13,6 @@ import distrax
 import jax
 import tensorflow_probability.substrates.jax as tfp
 
-from vi_jax import bijectors as bij_lib
 from vi_jax.surrogates.base import Surrogate
 
 tfb, tfd = tfp.bijectors, tfp.distributions
