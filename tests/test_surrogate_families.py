@@ -137,11 +137,13 @@ def test_jit_vmap_grad_compose(name):
   target = lambda **z: -0.5 * sum(
       jnp.sum(l**2) for l in jax.tree_util.tree_leaves(z))
   z0 = jax.tree_util.tree_map(lambda x: x[0], z)
-  g, g2 = jax.jit(lambda p: (
+  stl = vi.losses.negative_elbo(stick_the_landing=True)
+  g, g2, g3 = jax.jit(lambda p: (
       jax.grad(lambda q: vi.losses.negative_elbo()(target, s, q, KEY, 8))(p),
-      jax.grad(lambda q: s.log_prob(q, z0).sum())(p)))(params)
+      jax.grad(lambda q: s.log_prob(q, z0).sum())(p),
+      jax.grad(lambda q: stl(target, s, q, KEY, 8))(p)))(params)
   chex.assert_trees_all_equal_structs(g, params)
-  chex.assert_tree_all_finite((g, g2))
+  chex.assert_tree_all_finite((g, g2, g3))
   assert any(float(jnp.abs(l).sum()) > 0 for l in jax.tree_util.tree_leaves(g))
 
 
