@@ -13,19 +13,6 @@ import vi_jax as vi
 tfb, tfd = tfp.bijectors, tfp.distributions
 
 
-# replace with vi.losses.iwae after merge
-def _iwae_loss(k):
-  """-IWAE bound (Burda et al. 2016), K = k, reparameterized draws."""
-
-  def loss(target_log_prob_fn, surrogate, params, key, sample_size):
-    z, log_q = surrogate.sample_and_log_prob(params, key, sample_size * k)
-    log_p = vi.losses.target_log_prob_batched(target_log_prob_fn)(z)
-    log_w = jnp.reshape(log_p - log_q, (sample_size, k))
-    return -jnp.mean(jax.nn.logsumexp(log_w, axis=-1) - jnp.log(k))
-
-  return loss
-
-
 @pytest.mark.parametrize("components", ["mean_field", "full_rank"])
 def test_implicit_gradients_match_closed_form(components):
   # E_q[sum(z^2 + z)] = sum_k pi_k (|m_k|^2 + tr Sigma_k + sum m_k): its
@@ -72,7 +59,7 @@ def test_mixture_iwae_covers_both_modes_of_the_seed_target():
   result = vi.fit(target.log_prob, s,
                   optax.adam(optax.cosine_decay_schedule(5e-2, 2000, 0.02)),
                   2000, key=jax.random.key(0), sample_size=16,
-                  loss=_iwae_loss(4))
+                  loss=vi.losses.iwae(4))
   p = result.params
   order = jnp.argsort(p["loc"][:, 0])
   np.testing.assert_allclose(np.asarray(jax.nn.softmax(p["logits"])[order]),
