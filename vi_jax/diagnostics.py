@@ -375,9 +375,10 @@ def psis_moments(target_log_prob_fn, surrogate, params: Params, key: PRNGKey,
     params: its (fitted) params.
     key: a PRNG key.
     num_draws: Python int, S.
-    transform: optional `f`, mapping ONE draw (the surrogate's constrained z)
-      to the quantity whose moments are wanted (vmapped over draws), e.g.
-      inference_gym's `sample_transformations["identity"]`. Default identity.
+    transform: optional `z (leading [S]) -> pytree (leading [S])`, mapping
+      the surrogate's draws to the quantity whose moments are wanted (e.g. an
+      adapter's `constrain`, or `jax.vmap` of inference_gym's
+      `sample_transformations["identity"]`). Default identity.
     reff: relative efficiency of the draws.
 
   Returns:
@@ -387,7 +388,7 @@ def psis_moments(target_log_prob_fn, surrogate, params: Params, key: PRNGKey,
   z, log_w = importance_log_weights(target_log_prob_fn, surrogate, params, key,
                                     num_draws)
   if transform is not None:
-    z = jax.vmap(transform)(z)
+    z = transform(z)
   smoothed = psis(log_w, reff=reff)
   mean, var = weighted_moments(z, smoothed.log_weights)
   return PSISMoments(mean=mean, variance=var, pareto_k=smoothed.pareto_k,
