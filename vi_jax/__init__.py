@@ -4,8 +4,12 @@ Fit a surrogate posterior q to an unnormalized `target_log_prob_fn` with
 pure, composable functions (jit, vmap, grad) over pytrees.
 """
 
+from vi_jax import adapters
 from vi_jax import bijectors
+from vi_jax import diagnostics
+from vi_jax import export
 from vi_jax import losses
+from vi_jax import plots
 from vi_jax import surrogates
 from vi_jax import target
 from vi_jax.fit import FitResult
@@ -24,10 +28,14 @@ __all__ = [
     "TraceableQuantities",
     "VIAlgorithm",
     "VIState",
+    "adapters",
     "bijectors",
     "build",
+    "diagnostics",
+    "export",
     "fit",
     "losses",
+    "plots",
     "surrogates",
     "target",
 ]
