@@ -87,28 +87,49 @@ def _tail_length(num_draws: int, reff: float) -> int:
   return int(math.ceil(min(num_draws / 5., 3. * math.sqrt(num_draws / reff))))
 
 
-def _gpd_fit(x: Array) -> tuple[Array, Array]:
+def _gpd_fit(x: Array, mask: Array) -> tuple[Array, Array]:
   """Zhang & Stephens (2009) generalized Pareto fit, as `loo` / ArviZ `_gpdfit`.
 
+  Static shapes for jit: the data are the entries of `x` where `mask` holds,
+  which form a suffix of the ascending array `x` (their number `n` is
+  traced); everything depending on `n` (the grid size `30 + sqrt(n)`, the
+  first quartile) is computed with masks.
+
   Args:
-    x: [n] sorted ascending, non-negative exceedances over the threshold.
+    x: [N] sorted ascending; entries in the suffix `mask` are the (positive)
+      exceedances over the threshold.
+    mask: [N] bool, True on the suffix of data.
 
   Returns:
-    `(k, sigma)`: the shape (with the weakly informative prior of loo/ArviZ:
+    `(k, sigma)`: the shape (with the weakly informative prior of loo/ArviZ,
     `(n k + 10 * 0.5) / (n + 10)`) and the scale.
   """
-  n = x.shape[0]
-  m_est = 30 + int(n**0.5)
+  big_n = x.shape[0]
   dtype = x.dtype
-  b = 1. - jnp.sqrt(m_est / (jnp.arange(1, m_est + 1, dtype=dtype) - 0.5))
-  b = b / (_PRIOR_BS * x[int(n / 4 + 0.5) - 1]) + 1. / x[-1]
-  k_ary = jnp.mean(jnp.log1p(-b[:, None] * x[None, :]), axis=1)
-  len_scale = n * (jnp.log(-(b / k_ary)) - k_ary - 1.)
-  weights = jax.nn.softmax(len_scale)
+  n_int = jnp.sum(mask.astype(jnp.int32))
+  n = n_int.astype(dtype)
+  start = big_n - n_int
+  x_safe = jnp.where(mask, x, 0.)
+  m_max = 30 + int(big_n**0.5)
+  m_est = (30 + jnp.floor(jnp.sqrt(n))).astype(dtype)
+  j = jnp.arange(1, m_max + 1, dtype=dtype)
+  in_grid = j <= m_est
+  b = 1. - jnp.sqrt(m_est / (j - 0.5))
+  quartile = x[jnp.clip(start + (n_int + 2) // 4 - 1, 0, big_n - 1)]
+  b = b / (_PRIOR_BS * quartile) + 1. / x[-1]
+  b = jnp.where(in_grid, b, 0.)
+  terms = jnp.where(mask[None, :], jnp.log1p(-b[:, None] * x_safe[None, :]), 0.)
+  k_ary = jnp.sum(terms, axis=1) / n
+  # -b / k(b) -> 1 / mean(x) as b -> 0 (a grid point can hit b = 0 exactly).
+  zero_b = (b == 0.) | ~in_grid
+  ratio = jnp.where(zero_b, n / jnp.sum(x_safe),
+                    -b / jnp.where(zero_b, -1., k_ary))
+  len_scale = n * (jnp.log(ratio) - k_ary - 1.)
+  weights = jax.nn.softmax(jnp.where(in_grid, len_scale, -jnp.inf))
   weights = jnp.where(weights >= 10 * jnp.finfo(dtype).eps, weights, 0.)
   weights = weights / jnp.sum(weights)
   b_post = jnp.sum(b * weights)
-  k_post = jnp.mean(jnp.log1p(-b_post * x))
+  k_post = jnp.sum(jnp.where(mask, jnp.log1p(-b_post * x_safe), 0.)) / n
   sigma = -k_post / b_post
   k_post = (n * k_post + _PRIOR_K * 0.5) / (n + _PRIOR_K)
   return k_post, sigma
@@ -128,28 +149,35 @@ def _psis_1d(log_weights: Array, tail_len: int, normalize: bool):
   dtype = log_weights.dtype
   max_x = jnp.max(log_weights)
   x = log_weights - max_x
-  if tail_len <= 4:
-    # Too few tail draws for the fit (ArviZ and loo report k = inf).
-    k = jnp.asarray(jnp.inf, dtype)
-  else:
-    order = jnp.argsort(x)
-    x_sorted = x[order]
-    cutoff = jnp.maximum(x_sorted[s - tail_len - 1],
-                         jnp.log(jnp.finfo(dtype).tiny))
-    exp_cutoff = jnp.exp(cutoff)
-    tail = jnp.exp(x_sorted[s - tail_len:]) - exp_cutoff  # ascending, >= 0
-    flat = tail[-1] <= 0.  # all tail ratios equal: bounded, nothing to fit
-    # (A stand-in tail when flat keeps the fit free of nan; its k is unused.)
-    k_fit, sigma = _gpd_fit(
-        jnp.where(flat, jnp.arange(1, tail_len + 1, dtype=dtype), tail))
-    k = jnp.where(flat, -jnp.inf, k_fit)
-    probs = (jnp.arange(tail_len, dtype=dtype) + 0.5) / tail_len
-    smoothed = jnp.log(_gpd_quantile(probs, k_fit, sigma) + exp_cutoff)
-    smooth = jnp.isfinite(k) & (sigma > 0) & ~flat
-    new_tail = jnp.where(smooth, smoothed, x_sorted[s - tail_len:])
-    x = x.at[order[s - tail_len:]].set(new_tail)
-    # Truncate smoothed values at the largest raw weight.
-    x = jnp.where(smooth, jnp.minimum(x, 0.), x)
+  order = jnp.argsort(x)
+  x_sorted = x[order]
+  # ArviZ: the tail is every draw strictly above the (M+1)-th largest ratio
+  # (or above log(tiny) if that is lower): M draws without ties.
+  cutoff = jnp.maximum(x_sorted[max(s - tail_len - 1, 0)],
+                       jnp.log(jnp.finfo(dtype).tiny))
+  in_tail = x_sorted > cutoff
+  n_tail = jnp.sum(in_tail.astype(jnp.int32))
+  exp_cutoff = jnp.exp(cutoff)
+  exceed = jnp.where(in_tail, jnp.exp(x_sorted) - exp_cutoff, 1.)
+  enough = n_tail > 4
+  # A stand-in tail when there is too little of one keeps the fit nan-free.
+  stand_in = jnp.arange(s, dtype=dtype) >= s - 5
+  fit_mask = jnp.where(enough, in_tail, stand_in)
+  fit_x = jnp.where(enough, exceed, jnp.arange(1, s + 1, dtype=dtype))
+  k_fit, sigma = _gpd_fit(fit_x, fit_mask)
+  k = jnp.where(enough, k_fit, jnp.inf)
+  # Exactly equal ratios (q proportional to p): bounded, the ideal case.
+  constant = x_sorted[0] == x_sorted[-1]
+  k = jnp.where(constant, -jnp.inf, k)
+  rank = jnp.arange(s) - (s - n_tail)
+  probs = (rank.astype(dtype) + 0.5) / jnp.maximum(n_tail, 1).astype(dtype)
+  probs = jnp.clip(probs, 0.5 / s, 1. - 0.5 / s)
+  smoothed = jnp.log(_gpd_quantile(probs, k_fit, sigma) + exp_cutoff)
+  smooth = enough & jnp.isfinite(k_fit) & ~constant
+  new_sorted = jnp.where(smooth & in_tail, smoothed, x_sorted)
+  # Truncate smoothed values at the largest raw weight.
+  new_sorted = jnp.where(smooth, jnp.minimum(new_sorted, 0.), new_sorted)
+  x = jnp.zeros_like(x).at[order].set(new_sorted)
   if normalize:
     x = x - jax.scipy.special.logsumexp(x)
   else:
@@ -176,11 +204,12 @@ def psis(log_weights: ArrayLike, *, reff: float = 1.,
       (`logsumexp == 0` over draws).
 
   Returns:
-    `PSISResult(log_weights [*batch, S], pareto_k [*batch])`. k-hat is `inf`
-    when `M <= 4` (S < 25: too few draws to fit a tail, as in ArviZ) and
-    `-inf` when the largest `M + 1` ratios are all equal (bounded ratios, e.g.
-    q equal to p; ArviZ reports `inf` there because its strict cutoff leaves
-    no tail draws).
+    `PSISResult(log_weights [*batch, S], pareto_k [*batch])`. As in ArviZ,
+    the tail is the draws strictly above the (M+1)-th largest ratio (ties
+    shorten it) and k-hat is `inf` when it holds 4 draws or fewer (e.g. S <
+    25). One deliberate difference: when all S ratios are exactly equal (q
+    proportional to p) k-hat is `-inf` (bounded ratios, the ideal case) where
+    ArviZ reports `inf` (no tail draws).
 
   Raises:
     ValueError: if `log_weights` has no draw axis or `reff <= 0`.
