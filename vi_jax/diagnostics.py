@@ -27,6 +27,7 @@ generalized Pareto fit is the empirical-Bayes estimator of Zhang and Stephens
 the two.
 """
 
+import functools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -228,10 +229,17 @@ def psis(log_weights: ArrayLike, *, reff: float = 1.,
   if not jnp.issubdtype(log_weights.dtype, jnp.floating):
     log_weights = log_weights.astype(jnp.zeros(()).dtype)
   tail_len = _tail_length(log_weights.shape[-1], reff)
+  lw, k = _psis_batched(log_weights, tail_len, normalize)
+  return PSISResult(log_weights=lw, pareto_k=k)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _psis_batched(log_weights, tail_len, normalize):
+  # Compiled once per shape even when called eagerly (op-by-op dispatch of
+  # the masked fit would compile dozens of small kernels).
   fn = jnp.vectorize(lambda lw: _psis_1d(lw, tail_len, normalize),
                      signature="(s)->(s),()")
-  lw, k = fn(log_weights)
-  return PSISResult(log_weights=lw, pareto_k=k)
+  return fn(log_weights)
 
 
 def pareto_k_threshold(num_draws: int) -> float:
