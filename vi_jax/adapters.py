@@ -191,6 +191,14 @@ def from_numpyro(model: Callable, *model_args, key=None,
     raise ValueError(
         f"space must be 'constrained' or 'unconstrained'; got {space!r}.")
   key = jax.random.PRNGKey(0) if key is None else key
+  prototype = handlers.trace(handlers.seed(model, key)).get_trace(
+      *model_args, **model_kwargs)
+  for name, site in prototype.items():
+    if (site["type"] == "sample" and not site["is_observed"] and
+        site["fn"].support.is_discrete):
+      raise ValueError(
+          f"model's site {name!r} is discrete ({type(site['fn']).__name__}); "
+          "vi_jax's adapters need continuous latents (marginalize it out).")
   info = npu.initialize_model(key, model, model_args=model_args,
                               model_kwargs=model_kwargs)
   latent = {
@@ -199,11 +207,6 @@ def from_numpyro(model: Callable, *model_args, key=None,
   }
   if not latent:
     raise ValueError("model has no latent sample sites to fit.")
-  for name, site in latent.items():
-    if site["fn"].support.is_discrete:
-      raise ValueError(
-          f"model's site {name!r} is discrete ({type(site['fn']).__name__}); "
-          "vi_jax's adapters need continuous latents (marginalize it out).")
   deterministic = [
       name for name, site in info.model_trace.items()
       if site["type"] == "deterministic"
@@ -278,7 +281,8 @@ def from_tfp_joint_distribution(jd) -> AdaptedModel:
   Raises:
     TypeError: if `jd` has no default event-space bijector.
   """
-  if not hasattr(jd, "experimental_default_event_space_bijector"):
+  pinned = tfp.experimental.distributions.JointDistributionPinned
+  if not isinstance(jd, (tfp.distributions.JointDistribution, pinned)):
     raise TypeError("jd must be a TFP JointDistribution (or a pinned one); got "
                     f"{type(jd).__name__}.")
   bij = jd.experimental_default_event_space_bijector()
