@@ -155,9 +155,10 @@ def from_numpyro(model: Callable, *model_args, key=None,
                  space: str = "constrained", **model_kwargs) -> AdaptedModel:
   """Adapts a NumPyro model (observed sites fixed by its arguments).
 
-  Uses `numpyro.infer.util.initialize_model`, which traces the model and
-  gives the potential energy in the unconstrained space and the constraining
-  `postprocess_fn`.
+  The model is traced once (seeded) to find its latent sites, their shapes
+  and supports. In the unconstrained space the adapter uses
+  `numpyro.infer.util.initialize_model`, which gives the potential energy in
+  the unconstrained space and the constraining `postprocess_fn`.
 
   Args:
     model: a NumPyro model function.
@@ -199,16 +200,14 @@ def from_numpyro(model: Callable, *model_args, key=None,
       raise ValueError(
           f"model's site {name!r} is discrete ({type(site['fn']).__name__}); "
           "vi_jax's adapters need continuous latents (marginalize it out).")
-  info = npu.initialize_model(key, model, model_args=model_args,
-                              model_kwargs=model_kwargs)
   latent = {
-      name: site for name, site in info.model_trace.items()
+      name: site for name, site in prototype.items()
       if site["type"] == "sample" and not site["is_observed"]
   }
   if not latent:
     raise ValueError("model has no latent sample sites to fit.")
   deterministic = [
-      name for name, site in info.model_trace.items()
+      name for name, site in prototype.items()
       if site["type"] == "deterministic"
   ]
 
@@ -221,6 +220,8 @@ def from_numpyro(model: Callable, *model_args, key=None,
     return {**z_one, **{n: tr[n]["value"] for n in deterministic}}
 
   if space == "unconstrained":
+    info = npu.initialize_model(key, model, model_args=model_args,
+                                model_kwargs=model_kwargs)
     potential_fn = info.potential_fn
 
     def target_log_prob_fn(**u):

@@ -306,6 +306,16 @@ def diagnose_log_weights(log_weights: ArrayLike, *,
     `ImportanceDiagnostics` whose fields have shape `[*batch]`.
   """
   log_weights = jnp.asarray(log_weights)
+  if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
+    raise ValueError("log_weights must have a last axis of draws [*batch, S]; "
+                     f"got shape {log_weights.shape}.")
+  if not reff > 0:
+    raise ValueError(f"reff must be > 0; got {reff}.")
+  return _diagnose_log_weights(log_weights, float(reff))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _diagnose_log_weights(log_weights, reff):
   s = log_weights.shape[-1]
   smoothed = psis(log_weights, reff=reff)
   log_z, se = log_z_estimate(log_weights)
@@ -338,9 +348,35 @@ def importance_log_weights(target_log_prob_fn, surrogate, params: Params,
     `log_w = log p(z) - log q(z): [S]`.
   """
   num_draws = check_sample_size(num_draws)
+  return _cached_jit(_log_weights, target_log_prob_fn, surrogate, num_draws)(
+      params, key)
+
+
+def _log_weights(target_log_prob_fn, surrogate, num_draws, params, key):
   z, log_q = surrogate.sample_and_log_prob(params, key, num_draws)
   log_p = target_log_prob_batched(target_log_prob_fn)(z)
   return z, log_p - log_q
+
+
+def _cached_jit(fn, *static):
+  """`fn(*static, *args)` as a function of `args`, compiled once per `static`.
+
+  Op-by-op (eager) dispatch of a sampling + target + PSIS pipeline compiles
+  dozens of small kernels on a first call; one jit is several times cheaper.
+  The static arguments (target, surrogate, ints) are hashed, so repeated
+  calls with the same objects reuse the compiled program; unhashable ones
+  fall back to a fresh jit.
+  """
+  try:
+    hash(static)
+  except TypeError:
+    return jax.jit(functools.partial(fn, *static))
+  return functools.partial(_static_jit(fn, len(static)), *static)
+
+
+@functools.lru_cache(maxsize=None)
+def _static_jit(fn, num_static):
+  return jax.jit(fn, static_argnums=tuple(range(num_static)))
 
 
 def diagnose(target_log_prob_fn, surrogate, params: Params, key: PRNGKey,
@@ -422,8 +458,17 @@ def psis_moments(target_log_prob_fn, surrogate, params: Params, key: PRNGKey,
     `PSISMoments(mean, variance, pareto_k, ess)`; mean and variance are pytrees
     shaped like one (transformed) draw.
   """
-  z, log_w = importance_log_weights(target_log_prob_fn, surrogate, params, key,
-                                    num_draws)
+  num_draws = check_sample_size(num_draws)
+  if not reff > 0:
+    raise ValueError(f"reff must be > 0; got {reff}.")
+  return _cached_jit(_psis_moments, target_log_prob_fn, surrogate, num_draws,
+                     transform, float(reff))(params, key)
+
+
+def _psis_moments(target_log_prob_fn, surrogate, num_draws, transform, reff,
+                  params, key):
+  z, log_w = _log_weights(target_log_prob_fn, surrogate, num_draws, params,
+                          key)
   if transform is not None:
     z = transform(z)
   smoothed = psis(log_w, reff=reff)

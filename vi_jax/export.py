@@ -86,8 +86,23 @@ def sample(surrogate, params: Params, key: PRNGKey, num_draws: int, *,
     A pytree with leading `[num_draws]` on every leaf.
   """
   num_draws = check_sample_size(num_draws)
+  return diag_lib._cached_jit(_sample, surrogate, num_draws, transform)(  # pylint: disable=protected-access
+      params, key)
+
+
+def _sample(surrogate, num_draws, transform, params, key):
   z, _ = surrogate.sample_and_log_prob(params, key, num_draws)
   return transform(z) if transform is not None else z
+
+
+def _draws_for_export(target_log_prob_fn, surrogate, num_draws, transform,
+                      params, key):
+  z, log_q = surrogate.sample_and_log_prob(params, key, num_draws)
+  exported = transform(z) if transform is not None else z
+  if target_log_prob_fn is None:
+    return exported, log_q, None
+  log_p = target_log_prob_batched(target_log_prob_fn)(z)
+  return exported, log_q, log_p
 
 
 class SummaryTable(NamedTuple):
@@ -242,8 +257,9 @@ def to_inference_data(surrogate, params: Params, key: PRNGKey,
   if num_draws % num_chains:
     raise ValueError(f"num_draws ({num_draws}) must be divisible by num_chains "
                      f"({num_chains}).")
-  z, log_q = surrogate.sample_and_log_prob(params, key, num_draws)
-  exported = transform(z) if transform is not None else z
+  exported, log_q, log_p = diag_lib._cached_jit(  # pylint: disable=protected-access
+      _draws_for_export, target_log_prob_fn, surrogate, num_draws,
+      transform)(params, key)
   per_chain = num_draws // num_chains
 
   def chains(x):
@@ -255,7 +271,6 @@ def to_inference_data(surrogate, params: Params, key: PRNGKey,
   stats = {"log_q": chains(log_q)}
   attrs = {"inference_library": "vi_jax"}
   if target_log_prob_fn is not None:
-    log_p = target_log_prob_batched(target_log_prob_fn)(z)
     log_w = log_p - log_q
     d = diag_lib.diagnose_log_weights(log_w)
     stats.update(log_p=chains(log_p), log_weight=chains(log_w),
