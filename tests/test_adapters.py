@@ -60,18 +60,17 @@ def test_numpyro_eight_schools_density_equals_inference_gym():
   assert unc.event_shape == con.event_shape and unc.bijector is None
   assert con.bijector["avg_effect"] is None
   assert con.bijector["school_effects"] is None
-  pts = _points(jax.random.key(0))
-  for i in range(5):
-    z = {k: v[i] for k, v in pts.items()}
-    ref = g.unnormalized_log_prob(z)
-    u = {"avg_effect": z["avg_effect"], "tau": z["log_stddev"],
-         "school_effects": z["school_effects"]}
-    # Unconstrained: -potential(u) is inference_gym's density in log_stddev.
-    np.testing.assert_allclose(unc.target_log_prob_fn(**u), ref, rtol=1e-5)
-    # Constrained: log p(tau) + log|d tau / d log tau| is the same density.
-    c = dict(u, tau=jnp.exp(u["tau"]))
-    np.testing.assert_allclose(con.target_log_prob_fn(**c) + u["tau"], ref,
-                               rtol=1e-5)
+  z = _points(jax.random.key(0))
+  ref = jax.jit(jax.vmap(g.unnormalized_log_prob))(z)
+  u = {"avg_effect": z["avg_effect"], "tau": z["log_stddev"],
+       "school_effects": z["school_effects"]}
+  # Unconstrained: -potential(u) is inference_gym's density in log_stddev.
+  got = jax.jit(jax.vmap(lambda u: unc.target_log_prob_fn(**u)))(u)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  # Constrained: log p(tau) + log|d tau / d log tau| is the same density.
+  c = dict(u, tau=jnp.exp(u["tau"]))
+  got = jax.jit(jax.vmap(lambda c: con.target_log_prob_fn(**c)))(c)
+  np.testing.assert_allclose(got + u["tau"], ref, rtol=1e-5)
 
 
 def _fit(m, family, steps, lr, key=0, sample_size=16, init_loc=None):
@@ -148,6 +147,28 @@ def test_numpyro_rejects_discrete_latents_and_bad_space():
     adapters.from_numpyro(discrete)
   with pytest.raises(ValueError, match="space"):
     adapters.from_numpyro(eight_schools, SIGMA, y=Y, space="nope")
+
+
+def test_numpyro_dependent_support_needs_unconstrained_space():
+  def model():
+    x = numpyro.sample("x", dist.Exponential(1.))
+    numpyro.sample("y", dist.Uniform(0., x))
+
+  with pytest.raises(ValueError, match="unconstrained"):
+    adapters.from_numpyro(model)
+  m = adapters.from_numpyro(model, space="unconstrained")
+  assert m.event_shape == {"x": (), "y": ()} and m.bijector is None
+  # p(x, y) = exp(-x) / x on 0 < y < x: in NumPyro's unconstrained space
+  # (x = exp(a), y = x sigmoid(b)) the density is exp(-x) sigmoid'(b) x.
+  a, b = 0.3, -0.4
+  x = math.exp(a)
+  sig = 1. / (1. + math.exp(-b))
+  expected = -x + math.log(sig * (1. - sig)) + a
+  np.testing.assert_allclose(m.target_log_prob_fn(x=jnp.array(a),
+                                                  y=jnp.array(b)),
+                             expected, rtol=1e-5)
+  out = m.constrain({"x": jnp.array([a]), "y": jnp.array([b])})
+  np.testing.assert_allclose(out["y"], [x * sig], rtol=1e-5)
 
 
 def _beta_gamma_jd():

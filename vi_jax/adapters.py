@@ -192,24 +192,50 @@ def from_numpyro(model: Callable, *model_args, key=None,
     raise ValueError(
         f"space must be 'constrained' or 'unconstrained'; got {space!r}.")
   key = jax.random.PRNGKey(0) if key is None else key
-  prototype = handlers.trace(handlers.seed(model, key)).get_trace(
-      *model_args, **model_kwargs)
-  for name, site in prototype.items():
-    if (site["type"] == "sample" and not site["is_observed"] and
-        site["fn"].support.is_discrete):
+  # Trace the model abstractly (jax.eval_shape: no compilation, no draws):
+  # first for its sites, then with the latents as tracers, evaluating all
+  # else at compile time, so a support that still holds a tracer depends on
+  # other latents (e.g. Uniform(0, x)) and cannot get a fixed bijector.
+  sites = {}
+
+  def probe():
+    tr = handlers.trace(handlers.seed(model, key)).get_trace(
+        *model_args, **model_kwargs)
+    sites.update({n: (s["type"], s.get("is_observed", False), s.get("fn"),
+                      jax.ShapeDtypeStruct(jnp.shape(s["value"]),
+                                           jnp.result_type(s["value"])))
+                  for n, s in tr.items()})
+    return jnp.zeros(())
+
+  jax.eval_shape(probe)
+  latent = {n: v for n, v in sites.items()
+            if v[0] == "sample" and not v[1]}
+  for name, (_, _, fn, _) in latent.items():
+    if fn.support.is_discrete:
       raise ValueError(
-          f"model's site {name!r} is discrete ({type(site['fn']).__name__}); "
+          f"model's site {name!r} is discrete ({type(fn).__name__}); "
           "vi_jax's adapters need continuous latents (marginalize it out).")
-  latent = {
-      name: site for name, site in prototype.items()
-      if site["type"] == "sample" and not site["is_observed"]
-  }
   if not latent:
     raise ValueError("model has no latent sample sites to fit.")
-  deterministic = [
-      name for name, site in prototype.items()
-      if site["type"] == "deterministic"
-  ]
+  deterministic = [n for n, v in sites.items() if v[0] == "deterministic"]
+  supports = {}
+
+  def probe_supports(values):
+    with jax.ensure_compile_time_eval():
+      tr = handlers.trace(handlers.substitute(
+          handlers.seed(model, key), data=values)).get_trace(
+              *model_args, **model_kwargs)
+    supports.update({n: tr[n]["fn"].support for n in latent})
+    return jnp.zeros(())
+
+  if space == "constrained":
+    jax.eval_shape(probe_supports, {n: v[3] for n, v in latent.items()})
+    dependent = [n for n, sup in supports.items() if any(
+        isinstance(l, jax.core.Tracer) for l in jax.tree_util.tree_leaves(sup))]
+    if dependent:
+      raise ValueError(
+          f"the supports of sites {dependent} depend on other latents, so "
+          "they have no fixed bijector; use space='unconstrained'.")
 
   def with_deterministic(z_one):
     if not deterministic:
@@ -236,10 +262,10 @@ def from_numpyro(model: Callable, *model_args, key=None,
     log_joint, _ = npu.log_density(model, model_args, model_kwargs, z)
     return log_joint
 
-  event_shape = {n: tuple(jnp.shape(s["value"])) for n, s in latent.items()}
+  event_shape = {n: tuple(v[3].shape) for n, v in latent.items()}
   bijector = {}
-  for n, s in latent.items():
-    t = biject_to(s["fn"].support)
+  for n in latent:
+    t = biject_to(supports[n])
     is_id = isinstance(t, numpyro.distributions.transforms.IdentityTransform)
     bijector[n] = None if is_id else NumPyroTransformBijector(t, name=n)
   return AdaptedModel(target_log_prob_fn=target_log_prob_fn,
@@ -286,19 +312,32 @@ def from_tfp_joint_distribution(jd) -> AdaptedModel:
   if not isinstance(jd, (tfp.distributions.JointDistribution, pinned)):
     raise TypeError("jd must be a TFP JointDistribution (or a pinned one); got "
                     f"{type(jd).__name__}.")
-  bij = jd.experimental_default_event_space_bijector()
   log_prob = getattr(jd, "unnormalized_log_prob", None) or jd.log_prob
-  constrained_shape = jd.event_shape
-  u_shape = _normalize_shapes(bij.inverse_event_shape(constrained_shape))
+  # Building the joint bijector runs the model (TFP draws a sample to find
+  # each part's support). Eagerly that is hundreds of tiny compiled ops, so it
+  # is built only under tracing: once abstractly here for the shapes, and at
+  # trace time inside the jitted target and `constrain`.
+  shapes = {}
+
+  def probe():
+    shapes["u"] = jd.experimental_default_event_space_bijector(
+    ).inverse_event_shape(jd.event_shape)
+    return jnp.zeros(())
+
+  jax.eval_shape(probe)
+  u_shape = _normalize_shapes(shapes["u"])
   example = jax.tree_util.tree_map(lambda s: np.zeros(s, np.float32), u_shape,
                                    is_leaf=_is_shape_tuple)
 
+  @jax.jit
   def log_prob_u(u):
+    bij = jd.experimental_default_event_space_bijector()
     z, fldj = bij.forward(u), bij.forward_log_det_jacobian(u)
     return log_prob(z) + fldj
 
+  @jax.jit
   def constrain(u):
-    return jax.vmap(bij.forward)(u)
+    return jax.vmap(jd.experimental_default_event_space_bijector().forward)(u)
 
   return AdaptedModel(target_log_prob_fn=_call_structure(example, log_prob_u),
                       event_shape=u_shape, bijector=None, constrain=constrain)
