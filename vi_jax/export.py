@@ -86,8 +86,9 @@ def sample(surrogate, params: Params, key: PRNGKey, num_draws: int, *,
     A pytree with leading `[num_draws]` on every leaf.
   """
   num_draws = check_sample_size(num_draws)
-  return diag_lib._cached_jit(_sample, surrogate, num_draws, transform)(  # pylint: disable=protected-access
-      params, key)
+  sample_fn = diag_lib._cached_jit(  # pylint: disable=protected-access
+      _sample, surrogate, num_draws, transform)
+  return sample_fn(params, key)
 
 
 def _sample(surrogate, num_draws, transform, params, key):
