@@ -4,6 +4,7 @@ Fit a surrogate posterior q to an unnormalized `target_log_prob_fn` with
 pure, composable functions (jit, vmap, grad) over pytrees.
 """
 
+from vi_jax import adapters
 from vi_jax import bijectors
 from vi_jax import csiszar
 from vi_jax import kl
@@ -14,6 +15,10 @@ from vi_jax import minibatch
 from vi_jax import progress
 from vi_jax import restarts
 from vi_jax import sharding
+from vi_jax import diagnostics
+from vi_jax import export
+from vi_jax import losses
+from vi_jax import plots
 from vi_jax import surrogates
 from vi_jax import target
 from vi_jax.fit import FitResult
@@ -34,11 +39,14 @@ __all__ = [
     "TraceableQuantities",
     "VIAlgorithm",
     "VIState",
+    "adapters",
     "bijectors",
     "checkpoint",
     "convergence",
     "build",
     "csiszar",
+    "diagnostics",
+    "export",
     "fit",
     "kl",
     "kl_divergence",
@@ -48,6 +56,7 @@ __all__ = [
     "progress",
     "restarts",
     "sharding",
+    "plots",
     "surrogates",
     "target",
 ]
