@@ -6,19 +6,18 @@ pure, composable functions (jit, vmap, grad) over pytrees.
 
 from vi_jax import adapters
 from vi_jax import bijectors
-from vi_jax import csiszar
-from vi_jax import kl
 from vi_jax import checkpoint
 from vi_jax import convergence
+from vi_jax import csiszar
+from vi_jax import diagnostics
+from vi_jax import export
+from vi_jax import kl
 from vi_jax import losses
 from vi_jax import minibatch
+from vi_jax import plots
 from vi_jax import progress
 from vi_jax import restarts
 from vi_jax import sharding
-from vi_jax import diagnostics
-from vi_jax import export
-from vi_jax import losses
-from vi_jax import plots
 from vi_jax import surrogates
 from vi_jax import target
 from vi_jax.fit import FitResult
@@ -41,9 +40,9 @@ __all__ = [
     "VIState",
     "adapters",
     "bijectors",
+    "build",
     "checkpoint",
     "convergence",
-    "build",
     "csiszar",
     "diagnostics",
     "export",
@@ -51,12 +50,12 @@ __all__ = [
     "kl",
     "kl_divergence",
     "losses",
-    "monte_carlo_kl",
     "minibatch",
+    "monte_carlo_kl",
+    "plots",
     "progress",
     "restarts",
     "sharding",
-    "plots",
     "surrogates",
     "target",
 ]
