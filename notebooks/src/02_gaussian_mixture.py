@@ -2,10 +2,13 @@
 # # 02 · A Gaussian-mixture target: mode seeking, mass covering, richer surrogates
 #
 # The first example of the TF VI tutorial (seed 001): the target is
-# 0.3 N(-3, 1) + 0.7 N(2, 1.5). A single Normal fitted by reverse KL (the ELBO)
-# locks onto one mode; fitted by forward KL it covers both. The tutorial's
-# exercises 1 and 4 ask for a mixture surrogate and a normalizing flow: both
-# capture the two modes.
+# 0.3 N(-3, 1) + 0.7 N(2, 1.5). A single Normal fitted by forward KL matches the
+# target's moments (mean 0.5, sd 2.67: mass covering); fitted by reverse KL (the
+# ELBO) it is pulled toward the heavier mode and puts too little mass on the
+# lighter one (the modes are too close for it to sit on one alone: that would
+# cost KL = -log 0.7 = 0.36, more than the compromise's 0.18; the tutorial
+# prints its own compromise, N(0.50, 2.83)). The tutorial's exercises 1 and 4 ask
+# for a mixture surrogate and a normalizing flow: both capture the two modes.
 
 # %%
 import os
@@ -55,7 +58,7 @@ for name, r in (("reverse KL", r_rev), ("forward KL", r_fwd)):
 
 plt.figure(figsize=(8, 4))
 plt.fill_between(grid, jnp.exp(target.log_prob(grid)), alpha=0.3, label="target")
-plt.plot(grid, density(normal, r_rev.params), label="Normal, reverse KL (mode seeking)")
+plt.plot(grid, density(normal, r_rev.params), label="Normal, reverse KL (zero forcing)")
 plt.plot(grid, density(normal, r_fwd.params), label="Normal, forward KL (mass covering)")
 plt.legend(); plt.xlabel("z"); plt.show()
 
@@ -117,9 +120,10 @@ for name, value in elbos.items():
 
 # %%
 draws_flow, _ = flow.sample_and_log_prob(r_flow.params, jax.random.key(5), 20_000)
-assert abs(float(r_rev.params["loc"][0]) - 2.) < 0.6         # mode seeking
-assert abs(float(r_fwd.params["loc"][0]) - 0.5) < 0.5        # mass covering: mean 0.5
-assert abs(float(jax.nn.softplus(r_fwd.params["raw_scale"][0])) - 2.67) < 0.6
+rev_loc, rev_sd = float(r_rev.params["loc"][0]), float(jax.nn.softplus(r_rev.params["raw_scale"][0]))
+fwd_loc, fwd_sd = float(r_fwd.params["loc"][0]), float(jax.nn.softplus(r_fwd.params["raw_scale"][0]))
+assert abs(fwd_loc - 0.5) < 0.3 and abs(fwd_sd - 2.67) < 0.4   # forward KL: the moments
+assert rev_loc > fwd_loc + 0.1 and rev_sd < fwd_sd            # reverse KL: toward the heavy mode, narrower
 assert abs(float(locs[order][0]) + 3.) < 0.6 and abs(float(locs[order][1]) - 2.) < 0.6
 assert abs(float(weights[order][0]) - 0.3) < 0.1
 assert abs(float(jnp.mean(draws_flow < -0.5)) - 0.3) < 0.1   # flow covers both modes

@@ -71,9 +71,9 @@ for beta in (0.5, 1., 2.):
              loss=vi.losses.analytic_kl_elbo(prior, log_lik, kl_scaling=beta))
   beta_fits[beta] = (float(r.params["loc"][0]),
                      float(jax.nn.softplus(r.params["raw_scale"][0])))
-  # Closed form of the beta-weighted optimum: precision beta + 1, mean 5 / (beta + 1).
+  # Closed form of the beta-weighted optimum: mean 5 / (beta + 1), sd sqrt(beta / (beta + 1)).
   print(f"beta={beta}: q = N({beta_fits[beta][0]:.3f}, {beta_fits[beta][1]:.3f});"
-        f" exact N({5 / (beta + 1):.3f}, {1 / np.sqrt(beta + 1):.3f})")
+        f" exact N({5 / (beta + 1):.3f}, {np.sqrt(beta / (beta + 1)):.3f})")
 
 # %% [markdown]
 # ## Variational EM (KLqp also optimizes model parameters)
@@ -185,7 +185,7 @@ for name, (m, s) in fits.items():
   assert abs(m - 2.5) < 0.15 and abs(s / 0.7071 - 1) < 0.2, (name, m, s)
 assert grad_sd["score_function"] > grad_sd["reparameterization"]
 for beta, (m, s) in beta_fits.items():
-  assert abs(m - 5 / (beta + 1)) < 0.1 and abs(s * np.sqrt(beta + 1) - 1) < 0.1, beta
+  assert abs(m - 5 / (beta + 1)) < 0.1 and abs(s / np.sqrt(beta / (beta + 1)) - 1) < 0.1, beta
 assert abs(mu_hat - float(y.mean())) < 0.15
 advi, map_ = estimates["ADVI (mean field)"], estimates["MAP (delta)"]
 assert abs(advi["p"] - exact_mean["p"]) < 0.05 and abs(map_["p"] - exact_mode["p"]) < 0.05

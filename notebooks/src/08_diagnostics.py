@@ -78,15 +78,16 @@ plt.show()
 
 # %% [markdown]
 # ## Restarts, vmapped in one compile
-# A bimodal target (0.3 N(-3, 1) + 0.7 N(2, 1.5)) fitted by a single Normal
-# from 8 random starts: each run lands on a mode; the best final loss is the
-# heavier one.
+# A bimodal target with well-separated modes, 0.2 N(-5, 1) + 0.8 N(5, 1),
+# fitted by a single Normal from 8 random starts: each run lands on one mode
+# (reverse KL is zero-forcing), with final loss -log(weight of that mode); the
+# best run is the heavier mode, loss -log 0.8 = 0.223.
 
 # %%
 mix = distrax.MixtureSameFamily(
-    distrax.Categorical(probs=jnp.array([0.3, 0.7])),
-    distrax.Normal(jnp.array([-3., 2.]), jnp.array([1., 1.5])))
-q_wide = vi.surrogates.mean_field_normal((), init_loc_radius=5., init_scale=0.5)
+    distrax.Categorical(probs=jnp.array([0.2, 0.8])),
+    distrax.Normal(jnp.array([-5., 5.]), jnp.array([1., 1.])))
+q_wide = vi.surrogates.mean_field_normal((), init_loc_radius=8., init_scale=0.5)
 restarts = vi.restarts.fit_restarts(mix.log_prob, q_wide, decay, STEPS,
                                     key=jax.random.key(6), num_restarts=8,
                                     final_window=100)
@@ -103,6 +104,7 @@ assert float(d_good.pareto_k) < 0.5
 assert abs(float(d_good.log_z) - log_z_true) < 2 * float(d_good.log_z_se) + 1e-3
 assert float(d_bad.pareto_k) > 0.7
 assert set(table.index) >= {"avg_effect", "log_stddev"} and len(table) == 10
-assert abs(float(restarts.best.params["loc"][0]) - 2.) < 0.6
-assert (np.abs(locs + 3) < 1).any() or FAST        # some restart found the other mode
+assert abs(float(restarts.best.params["loc"][0]) - 5.) < 0.3
+assert abs(float(restarts.final_losses[restarts.best_index]) + np.log(0.8)) < 0.05
+assert (np.abs(locs + 5) < 0.5).any()              # some restart found the other mode
 print("all checks passed")
