@@ -97,7 +97,7 @@ def run_one(t, family, num_steps, sample_size, key):
 
   def run(k):
     return vi.fit(t["fn"], surrogate, optimizer, num_steps, key=k,
-                  sample_size=sample_size)
+                  sample_size=sample_size, progress_bar=False)
 
   t0 = time.perf_counter()
   compiled = jax.jit(run).lower(fit_key).compile()

@@ -81,9 +81,10 @@ print(f"forward KL: q = N({mean_fkl:.3f}, {std_fkl:.3f})")
 #   fit wanders off. So the surrogate starts broad (scale 3), as one would
 #   start any forward-KL-like fit.
 # * `log1p_abs`, f(u) = u^sign(u-1) - 1, grows like 1/u where q >> p: from the
-#   broad start, draws in q's far tails overflow float32. `vi.fit`'s NaN
-#   safety skips those steps and, after 10 in a row, stops and reports
-#   `result.diverged` with the params left finite: the table shows that.
+#   broad start, draws in q's far tails overflow float32 and the fit makes no
+#   progress. `vi.fit`'s NaN safety skips every step whose loss or gradient is
+#   not finite (counted in `result.num_nonfinite`), so the params stay finite
+#   and the failure is reported rather than silent: the table's last column.
 
 # %%
 log_evidence = float(distrax.Normal(0., np.sqrt(2.)).log_prob(5.))
@@ -112,11 +113,10 @@ for name, f in divergences.items():
   r = vi.fit(normalized_log_prob, q_broad, optimizer, STEPS, key=jax.random.key(2),
              sample_size=64, loss=vi.losses.monte_carlo_variational_loss(f),
              progress_bar=False)
-  rows.append((name, *moments(r.params), bool(r.diverged), int(r.num_nonfinite)))
-print(f"{'f-divergence':<26} {'mean':>7} {'std':>7}  note")
-for name, m, s, diverged, skipped in rows:
-  note = f"stopped: {skipped} non-finite steps skipped" if diverged else ""
-  print(f"{name:<26} {m:7.3f} {s:7.3f}  {note}")
+  rows.append((name, *moments(r.params), int(r.num_nonfinite)))
+print(f"{'f-divergence':<26} {'mean':>7} {'std':>7}  non-finite steps skipped")
+for name, m, s, skipped in rows:
+  print(f"{name:<26} {m:7.3f} {s:7.3f}  {skipped}")
 
 # %% [markdown]
 # ## Check
@@ -124,9 +124,9 @@ for name, m, s, diverged, skipped in rows:
 # %%
 assert abs(mean_rkl - EXACT_MEAN) < 0.05 and abs(std_rkl / EXACT_STD - 1) < 0.05
 assert abs(mean_fkl - EXACT_MEAN) < 0.1 and abs(std_fkl / EXACT_STD - 1) < 0.15
-for name, m, s, diverged, _ in rows:
+for name, m, s, skipped in rows:
   if name == "log1p_abs":
-    assert diverged and np.isfinite(m) and np.isfinite(s)   # reported, never corrupted
+    assert skipped > 0 and np.isfinite(m) and np.isfinite(s)   # reported, never corrupted
     continue
-  assert not diverged and abs(m - EXACT_MEAN) < 0.2 and abs(s / EXACT_STD - 1) < 0.3, (name, m, s)
+  assert abs(m - EXACT_MEAN) < 0.2 and abs(s / EXACT_STD - 1) < 0.3, (name, m, s)
 print("all checks passed")
