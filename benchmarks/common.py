@@ -242,13 +242,17 @@ def compile_fn(fn, *args):
   return compiled, time.perf_counter() - t0
 
 
-def time_interleaved(compiled: dict, args: tuple, repeats: int) -> dict:
+def time_interleaved(compiled: dict, args: tuple, repeats: int,
+                     outputs: Optional[dict] = None) -> dict:
   """Runs each compiled function `repeats` times, interleaved; name -> [s].
 
-  One warm-up call each first. Interleaving spreads machine noise evenly.
+  One warm-up call each first, whose result goes to `outputs[name]` when a
+  dict is given. Interleaving spreads machine noise evenly over the methods.
   """
-  for f in compiled.values():
-    jax.block_until_ready(f(*args))
+  for name, f in compiled.items():
+    out = jax.block_until_ready(f(*args))
+    if outputs is not None:
+      outputs[name] = out
   runs = {name: [] for name in compiled}
   for _ in range(repeats):
     for name, f in compiled.items():

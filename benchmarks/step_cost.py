@@ -38,8 +38,13 @@ def _steps(target, sample_size, quick):
 
 
 def measure_target(target, sample_sizes, repeats, quick=False,
-                   peers_at_all_sizes=False, learning_rate=1e-2):
-  """Rows (dicts) of the step-cost table for one target."""
+                   peers_at_all_sizes=False, learning_rate=1e-2, fitted=None):
+  """Rows (dicts) of the step-cost table for one target.
+
+  When `fitted` is a dict, it receives `(sample_size, library, family) ->
+  peers.Fitted`, the result of each method's first (warm-up) run, for
+  `benchmarks.accuracy.evaluate` (equal budget: same steps and S).
+  """
   optimizer = optax.adam(learning_rate)
   key = jax.random.key(0)
   families = [f for f in peers.FAMILIES
@@ -63,7 +68,12 @@ def measure_target(target, sample_sizes, repeats, quick=False,
     compiled, compile_s = {}, {}
     for name, fn in fns.items():
       compiled[name], compile_s[name] = common.compile_fn(fn, key)
-    runs = common.time_interleaved(compiled, (key,), repeats)
+    outputs = {}
+    runs = common.time_interleaved(compiled, (key,), repeats, outputs)
+    if fitted is not None:
+      for (method, family), out in outputs.items():
+        if method in peers.LIBRARIES:
+          fitted[(s, method, family)] = out
     for (method, family), t in runs.items():
       med = statistics.median(t)
       kernel = statistics.median(runs[("bare kernel", family)])
