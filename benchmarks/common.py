@@ -196,43 +196,60 @@ TARGETS = {
 QUICK_TARGETS = ("eight_schools",)
 
 
-def num_params(family: str, dim: int) -> int:
-  """Number of surrogate params: 2 dim (mean-field), dim + dim(dim+1)/2."""
-  return 2 * dim if family == "mean-field" else dim + dim * (dim + 1) // 2
-
-
 def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
-                num_steps, num_params_=None):
+                num_steps, params=None):
   """The irreducible work: scan of vmap(grad(log p)) on S points + optax update.
 
-  `num_params_` (default `dim`) is the length of the params vector the optax
-  update runs on; use the surrogate's parameter count so that the update costs
-  what the method's own update costs. The S points are `params[:dim]` plus
-  standard normal noise.
+  Args:
+    unconstrained_log_prob: `u: [dim] -> scalar`.
+    dim: the unconstrained dimension.
+    optimizer: the optax optimizer the methods use.
+    sample_size: S, points per step.
+    num_steps: scan length.
+    params: the params pytree the optax update runs on (default: one vector
+      `[dim]`). Pass the surrogate's params (e.g. `{"loc": [dim],
+      "raw_scale": [dim]}`) for "the same optax update" as the method: the
+      update then costs what the method's own update costs. The S points are
+      the first `[dim]` leaf plus standard normal noise; every `[dim]` leaf
+      gets the mean gradient, other leaves its first entry.
 
-  Returns a function `key -> final params` to jit.
+  Returns:
+    `key -> final params`, to jit. No loss value is computed.
   """
   grad = jax.vmap(jax.grad(unconstrained_log_prob))
-  n = num_params_ or dim
+  if params is None:
+    params = jnp.zeros((dim,))
+  params = jax.tree_util.tree_map(jnp.zeros_like, params)
+  leaves = jax.tree_util.tree_leaves(params)
+  first = next(i for i, l in enumerate(leaves) if l.shape == (dim,))
 
   def run(key):
-    params = jnp.zeros((n,))
     opt_state = optimizer.init(params)
 
     def body(carry, k):
       params, opt_state = carry
-      points = params[:dim] + jax.random.normal(k, (sample_size, dim))
+      loc = jax.tree_util.tree_leaves(params)[first]
+      points = loc + jax.random.normal(k, (sample_size, dim))
       g = -jnp.mean(grad(points), axis=0)
-      if n > dim:
-        g = jnp.concatenate([g, jnp.broadcast_to(g[:1], (n - dim,))])
-      updates, opt_state = optimizer.update(g, opt_state, params)
+      grads = jax.tree_util.tree_map(
+          lambda l: g if l.shape == (dim,) else jnp.broadcast_to(g[0], l.shape),
+          params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 
-    (params, _), _ = jax.lax.scan(body, (params, opt_state),
-                                  jax.random.split(key, num_steps))
-    return params
+    (final, _), _ = jax.lax.scan(body, (params, opt_state),
+                                 jax.random.split(key, num_steps))
+    return final
 
   return run
+
+
+def surrogate_params(family: str, target: "Target"):
+  """The vi_jax surrogate's initial params pytree for `family` on `target`."""
+  import vi_jax as vi  # pylint: disable=g-import-not-at-top
+  make = (vi.surrogates.mean_field_normal if family == "mean-field" else
+          vi.surrogates.full_rank_normal)
+  return make(target.event_shape, target.bijector).init(jax.random.key(0))
 
 
 def compile_fn(fn, *args):

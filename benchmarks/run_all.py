@@ -30,9 +30,10 @@ NOTES = """\
   `noise` is (max - min) / median over the repeats. On a 2-core machine shared
   with other jobs, ratios move by 10-30 %; trust only a quiet-machine run.
 - The bare kernel is `lax.scan` over `jax.vmap(jax.grad(log_p))` on S points
-  plus Adam on a params vector as long as the family's params (2 dim for
-  mean-field). `bare kernel (dim)` updates dim params only. Neither computes
-  the loss value; every VI method here traces the loss every step.
+  plus the same optax update as the method (Adam on a params pytree with the
+  surrogate's structure and shapes). `bare kernel (dim)` updates one [dim]
+  vector only. Neither computes the loss value; every VI method here traces
+  the loss every step.
 - All methods fit the same density on the same unconstrained space with the
   same optimizer (Adam, lr 1e-2), steps, S and initialization (loc 0, scale
   0.1), plain reparameterization gradients (Blackjax with

@@ -49,7 +49,9 @@ def _time_pair(target, sample_size, steps, repeats):
   fns = {
       "bare kernel": common.bare_kernel(target.unconstrained_log_prob,
                                         target.dim, optimizer, sample_size,
-                                        steps, 2 * target.dim),
+                                        steps,
+                                        common.surrogate_params("mean-field",
+                                                                target)),
       "vi_jax": lambda k: vi.fit(target.target_log_prob_fn, surrogate,
                                  optimizer, steps, key=k,
                                  sample_size=sample_size).trace,

@@ -12,10 +12,10 @@ the same family, the timing noise ((max - min) / median over the repeats) and
 the compile seconds.
 
 The bare kernel is `lax.scan` over `jax.vmap(jax.grad(log_p))` on S points plus
-an optax Adam update of a params vector as long as the family's params
-(2 dim for mean-field, dim + dim (dim + 1) / 2 for full-rank); "kernel (dim)"
-updates only dim params (the previous definition), shown at S = 16 for
-mean-field. Peers run at S = 16 only unless --peers-at-all-sizes. Full-rank is
+the same optax Adam update as the family's: on a params pytree of the same
+structure and shapes (`{"loc", "raw_scale"}` for mean-field, `{"loc",
+"raw_scale_tril"}` for full-rank); it computes no loss value. "bare kernel
+(dim)" updates one `[dim]` vector only, shown at S = 16 for mean-field. Peers run at S = 16 only unless --peers-at-all-sizes. Full-rank is
 skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
 
@@ -58,7 +58,7 @@ def measure_target(target, sample_sizes, repeats, quick=False,
     for family in families:
       fns[("bare kernel", family)] = common.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s, steps,
-          common.num_params(family, target.dim))
+          common.surrogate_params(family, target))
       if family == "mean-field" and s == 16:
         fns[("bare kernel (dim)", family)] = common.bare_kernel(
             target.unconstrained_log_prob, target.dim, optimizer, s, steps)
