@@ -37,7 +37,7 @@ class Target(NamedTuple):
   forward: Callable  # u: [n, dim] -> flat constrained draws [n, num_latents]
   ref_mean: Optional[np.ndarray]  # [num_latents] or None
   ref_std: Optional[np.ndarray]  # [num_latents] or None
-  steps: int  # default number of steps for step-cost runs at sample_size 16
+  steps: int  # steps at S <= 16: a timed run of roughly 0.05 s or more
 
 
 def _flat_leaves(tree, batch_dims: int) -> jax.Array:
@@ -95,7 +95,7 @@ def _gym():
 
 
 def eight_schools() -> Target:
-  return _gym_target(_gym().EightSchools(), "eight schools (10)", 2000)
+  return _gym_target(_gym().EightSchools(), "eight schools (10)", 10000)
 
 
 def stochastic_volatility_small() -> Target:
@@ -105,7 +105,7 @@ def stochastic_volatility_small() -> Target:
 
 def stochastic_volatility_full() -> Target:
   return _gym_target(_gym().VectorizedStochasticVolatilitySP500(),
-                     "stochastic volatility SP500 (2519)", 300)
+                     "stochastic volatility SP500 (2519)", 160)
 
 
 def item_response_theory() -> Target:
@@ -116,20 +116,20 @@ def item_response_theory() -> Target:
 def brownian_motion() -> Target:
   return _gym_target(
       _gym().BrownianMotionUnknownScalesMissingMiddleObservations(),
-      "Brownian motion unknown scales (32)", 2000)
+      "Brownian motion unknown scales (32)", 5000)
 
 
 def ill_conditioned_gaussian() -> Target:
   return _gym_target(_gym().IllConditionedGaussian(),
-                     "ill-conditioned Gaussian (100)", 2000)
+                     "ill-conditioned Gaussian (100)", 5000)
 
 
 def neals_funnel() -> Target:
-  return _gym_target(_gym().NealsFunnel(), "Neal's funnel (10)", 2000)
+  return _gym_target(_gym().NealsFunnel(), "Neal's funnel (10)", 10000)
 
 
 def banana() -> Target:
-  return _gym_target(_gym().Banana(), "banana (2)", 2000)
+  return _gym_target(_gym().Banana(), "banana (2)", 10000)
 
 
 def _logistic_regression(name, x, y, steps):
@@ -260,22 +260,34 @@ def compile_fn(fn, *args):
 
 
 def time_interleaved(compiled: dict, args: tuple, repeats: int,
-                     outputs: Optional[dict] = None) -> dict:
+                     outputs: Optional[dict] = None,
+                     cpu: Optional[dict] = None,
+                     budget_s: float = float("inf")) -> dict:
   """Runs each compiled function `repeats` times, interleaved; name -> [s].
 
   One warm-up call each first, whose result goes to `outputs[name]` when a
   dict is given. Interleaving spreads machine noise evenly over the methods.
+  When `cpu` is a dict, it receives name -> [process CPU seconds] of the same
+  runs (all threads; less sensitive than wall time to other jobs on a shared
+  machine). Stops after 3 repeats once `budget_s` seconds have passed.
   """
   for name, f in compiled.items():
     out = jax.block_until_ready(f(*args))
     if outputs is not None:
       outputs[name] = out
   runs = {name: [] for name in compiled}
-  for _ in range(repeats):
+  if cpu is not None:
+    cpu.update({name: [] for name in compiled})
+  start = time.perf_counter()
+  for r in range(repeats):
+    if r >= 3 and time.perf_counter() - start > budget_s:
+      break
     for name, f in compiled.items():
-      t0 = time.perf_counter()
+      c0, t0 = time.process_time(), time.perf_counter()
       jax.block_until_ready(f(*args))
       runs[name].append(time.perf_counter() - t0)
+      if cpu is not None:
+        cpu[name].append(time.process_time() - c0)
   return runs
 
 
@@ -315,7 +327,8 @@ def machine_description() -> str:
           f"- machine: {cpu}, {os.cpu_count()} cores, "
           f"{platform.system()} {platform.release()}, Python "
           f"{platform.python_version()}\n"
-          f"- JAX device: {dev.platform} ({dev.device_kind})\n"
+          f"- JAX device: {dev.platform} ({dev.device_kind}); XLA_FLAGS="
+          f"{os.environ.get('XLA_FLAGS', '(unset)')}\n"
           f"- versions: {', '.join(versions)}\n")
 
 

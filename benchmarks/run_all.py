@@ -40,19 +40,62 @@ NOTES = """\
   `stl_estimator=False`).
 - Minibatch throughput uses a hand-written minibatch -ELBO passed through
   `vi.fit(loss=...)`; this branch has no minibatch module.
-- Where the time goes (compiled HLO of the scan body, counted with
-  `jax.jit(f).lower(key).compile().as_text()`): on small targets one step is a
-  few microseconds and its cost is the number of XLA fusions (about 0.25 us
-  each on this CPU), not flops. Eight schools: bare kernel 20 fusions, kernel
-  plus the loss value 22, vi_jax mean-field 33 (30 without the loss trace).
-  The extra fusions are (a) the second params leaf: optax Adam runs per leaf,
-  so `{"loc", "raw_scale"}` costs two sets of moment/update fusions
-  (`bare kernel` on one flat vector of the same length does not); (b) the
-  scale parameterization: softplus, log-scale sum and sigmoid on [dim];
-  (c) the loss value (reductions of log p that the gradient does not need).
-  A hand-written fused mean-field step (analytic entropy, gradients written
-  out, no distrax) compiles to the same fusion count as vi_jax, so the
-  surrogate and the custom-JVP target are not where the time goes.
+- Where the time goes (compiled HLO of the scan body, from
+  `jax.jit(f).lower(key).compile().as_text()`, and process CPU time with
+  single-threaded XLA, `XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+  intra_op_parallelism_threads=1"`, min over 15 interleaved runs, S = 16,
+  mean-field, measured 2026-11-21 on the shared 2-core machine):
+
+  | target | fusions: kernel / kernel + value / same-update kernel / vi_jax | CPU ratio: kernel + value | same-update kernel | vi_jax |
+  |---|---|---|---|---|
+  | eight schools | 23 / 26 / 26 / 37 | 1.07-1.09 | 1.02-1.04 | 1.25-1.29 |
+  | breast cancer | 23 / 27 / 26 / 35 | 1.06-1.12 | 1.00-1.06 | 1.11-1.17 |
+  | SV small | 44 / 52 / 47 / 68 | 1.11 | 0.97-0.99 | 1.12-1.16 |
+  | SV full (2519) | 56 / 65 / 59 / 73 | 1.03 | 1.00 | 1.08-1.09 |
+
+  (ratios to the one-vector kernel). On small targets a step is a few
+  microseconds and its cost is the number of XLA fusions (about 0.2 us each),
+  not flops. The gap to the kernel has three parts: (a) the loss value:
+  `vmap(value_and_grad(log p))` adds the reductions of log p that the
+  gradient does not need (3-9 fusions, 3-11 %); (b) the second params leaf:
+  optax runs Adam per leaf, so `{"loc", "raw_scale"}` costs two sets of
+  moment/update fusions; the "same-update" kernel includes it; (c) the scale
+  parameterization and log q: softplus, sigmoid, 1/scale on [dim], sum of
+  log-scales and the log-det-Jacobians of the bijectors as values, two
+  gradient reductions (loc and raw_scale) instead of one.
+- Tried and not kept (no gain, same fusion count): a distrax-free mean-field
+  `sample_and_log_prob` (log q from the standard-normal noise, analytic
+  log-scale sum), with and without `optimization_barrier` on the noise; a
+  hand-written fused mean-field step (explicit gradients, no distrax) is
+  slower than vi_jax. vi_jax's custom-JVP target plus distrax is already at
+  the hand-written floor: what is left is the loss value and the per-leaf
+  optimizer.
+- Proposed engine change (fit.py, not applied here; measured on the
+  hand-written step: eight schools 1.20x instead of 1.25-1.29x, no change on
+  the data-heavy targets): run the optimizer on the raveled params,
+  opt-in because per-leaf optimizers (`optax.multi_transform`, `masked`)
+  need the pytree:
+
+  ```python
+  # vi_jax/fit.py, build(..., flatten_params: bool = False)
+  from jax.flatten_util import ravel_pytree
+  def init(key, init_params=None):
+    params = surrogate.init(key) if init_params is None else init_params
+    opt_params = ravel_pytree(params)[0] if flatten_params else params
+    return VIState(params, optimizer.init(opt_params), jnp.zeros((), jnp.int32))
+  def step(state, key):
+    value, grads = value_and_grad(state.params, key)
+    if flatten_params:
+      flat_p, unravel = ravel_pytree(state.params)
+      updates, opt_state = optimizer.update(ravel_pytree(grads)[0],
+                                            state.opt_state, flat_p)
+      params = unravel(optax.apply_updates(flat_p, updates))
+    else:
+      updates, opt_state = optimizer.update(grads, state.opt_state,
+                                            state.params)
+      params = optax.apply_updates(state.params, updates)
+    ...
+  ```
 """
 
 
