@@ -43,14 +43,15 @@ NOTES = """\
 - Where the time goes (compiled HLO of the scan body, from
   `jax.jit(f).lower(key).compile().as_text()`, and process CPU time with
   single-threaded XLA, `XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1"`, min over 15 interleaved runs, S = 16,
+  intra_op_parallelism_threads=1"`, min and median over 15 interleaved runs,
+  ranges over 2-3 separate runs, S = 16,
   mean-field, measured 2026-11-21 on the shared 2-core machine):
 
   | target | fusions: kernel / kernel + value / same-update kernel / vi_jax | CPU ratio: kernel + value | same-update kernel | vi_jax |
   |---|---|---|---|---|
-  | eight schools | 23 / 26 / 26 / 37 | 1.07-1.09 | 1.02-1.04 | 1.25-1.29 |
-  | breast cancer | 23 / 27 / 26 / 35 | 1.06-1.12 | 1.00-1.06 | 1.11-1.17 |
-  | SV small | 44 / 52 / 47 / 68 | 1.11 | 0.97-0.99 | 1.12-1.16 |
+  | eight schools | 23 / 26 / 26 / 37 | 1.07-1.12 | 1.02-1.04 | 1.25-1.31 |
+  | breast cancer | 23 / 27 / 26 / 35 | 1.06-1.17 | 0.99-1.06 | 1.11-1.22 |
+  | SV small | 44 / 52 / 47 / 68 | 1.11 | 0.97-1.11 | 1.12-1.32 |
   | SV full (2519) | 56 / 65 / 59 / 73 | 1.03 | 1.00 | 1.08-1.09 |
 
   (ratios to the one-vector kernel). On small targets a step is a few
@@ -70,11 +71,12 @@ NOTES = """\
   slower than vi_jax. vi_jax's custom-JVP target plus distrax is already at
   the hand-written floor: what is left is the loss value and the per-leaf
   optimizer.
-- Proposed engine change (fit.py, not applied here; measured on the
-  hand-written step: eight schools 1.20x instead of 1.25-1.29x, no change on
-  the data-heavy targets): run the optimizer on the raveled params,
-  opt-in because per-leaf optimizers (`optax.multi_transform`, `masked`)
-  need the pytree:
+- Possible engine change (fit.py, not applied here; small gain): run the
+  optimizer on the raveled params. Measured with vi_jax's loss and a copy of
+  the step: 3 fusions fewer, 1-3 % faster (eight schools 1.26-1.27x instead
+  of 1.30x, breast cancer 1.18-1.19x instead of 1.19-1.22x, SV small no
+  change). Opt-in, because per-leaf optimizers (`optax.multi_transform`,
+  `masked`) need the pytree:
 
   ```python
   # vi_jax/fit.py, build(..., flatten_params: bool = False)
