@@ -10,7 +10,9 @@ custom JVP: the tangent rule evaluates `jax.vmap(jax.value_and_grad(f))`, the
 per-draw value and gradient in one pass, so a reparameterized loss costs the
 bare kernel (the vmapped gradient of the target) plus the cheap chain rule
 through the surrogate's sampling path. Because it is a JVP rule (not a VJP)
-it stays differentiable to any order.
+it stays differentiable to any order. The rule first materializes the draws
+(`_materialize`), so that XLA evaluates the sampler once per draw instead of
+once per data element in every fusion of the target that reads them.
 """
 
 from typing import Any, Callable
@@ -80,7 +82,7 @@ def batched_log_prob(
   Returns:
     `(z, extra) -> [n]` for z with leading `[n]` on every leaf. Its value is
     `vmap(log_prob_fn)`; its JVP (and so its VJP under `jax.grad`) is computed
-    from `vmap(value_and_grad(log_prob_fn))`. Latents of integer dtype (discrete)
+    from `vmap(value_and_grad(log_prob_fn))` on the materialized draws. Latents of integer dtype (discrete)
     fall back to plain `vmap` (they carry no gradient).
   """
 
