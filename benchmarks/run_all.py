@@ -40,43 +40,49 @@ NOTES = """\
   `stl_estimator=False`).
 - Minibatch throughput uses a hand-written minibatch -ELBO passed through
   `vi.fit(loss=...)`; this branch has no minibatch module.
-- Where the time goes (compiled HLO of the scan body, from
-  `jax.jit(f).lower(key).compile().as_text()`, and process CPU time with
+- Where the time went, and the engine fix (compiled HLO of the scan body
+  from `jax.jit(f).lower(key).compile().as_text()`; process CPU time with
   single-threaded XLA, `XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1"`, min and median over 15 interleaved runs,
-  ranges over 2-3 separate runs, S = 16,
-  mean-field, measured 2026-11-21 on the shared 2-core machine):
+  intra_op_parallelism_threads=1"`, min over 5-7 interleaved runs, S = 16,
+  mean-field, ratio to the same-update kernel; measured 2026-11-21 on the
+  shared 2-core machine):
+  XLA:CPU fused the producer of the draws (the normal sampler's inverse-erf
+  polynomial and the affine map) into every fusion of the target that reads
+  them, so a target that reuses each latent over many data elements
+  recomputed the sampler per data element, once in each of the several
+  fusions of the fused value and gradient (item response theory: four
+  [16, 400, 100] fusions, the value doubling the step). `vi_jax.target` now
+  materializes the draws before the target (`_materialize`: a conditional,
+  since XLA:CPU drops `optimization_barrier` before fusion) and puts the
+  custom JVP on the batched target so the conditional runs once per step:
 
-  | target | fusions: kernel / kernel + value / same-update kernel / vi_jax | CPU ratio: kernel + value | same-update kernel | vi_jax |
-  |---|---|---|---|---|
-  | eight schools | 23 / 26 / 26 / 37 | 1.07-1.12 | 1.02-1.04 | 1.25-1.31 |
-  | breast cancer | 23 / 27 / 26 / 35 | 1.06-1.17 | 0.99-1.06 | 1.11-1.22 |
-  | SV small | 44 / 52 / 47 / 68 | 1.11 | 0.97-1.11 | 1.12-1.32 |
-  | SV full (2519) | 56 / 65 / 59 / 73 | 1.03 | 1.00 | 1.08-1.09 |
+  | target | vi_jax before | vi_jax after | NumPyro | Blackjax | TFP |
+  |---|---|---|---|---|---|
+  | item response theory | 2.19-2.21 | 1.115 | 1.48-1.52 | 1.26-1.33 | 2.26-2.32 |
+  | eight schools | 1.25-1.31 | 1.18-1.19 | 3.06 | 1.90 | 1.69 |
+  | breast cancer | 1.11-1.22 | 1.09 | 1.71 | 1.49 | 1.46 |
+  | SV small | 1.12-1.32 | 0.81 | 1.35 | 1.21 | 1.17 |
+  | banana | 1.41 | 1.22-1.32 | 5.47 | 2.63 | 2.91 |
+  | Neal's funnel | - | 1.19 | 3.29 | 2.27 | 1.87 |
+  | Brownian motion | - | 2.80 | 4.12 | 3.78 | 3.52 |
 
-  (ratios to the one-vector kernel). On small targets a step is a few
-  microseconds and its cost is the number of XLA fusions (about 0.2 us each),
-  not flops. The gap to the kernel has three parts: (a) the loss value:
-  `vmap(value_and_grad(log p))` adds the reductions of log p that the
-  gradient does not need (3-9 fusions, 3-11 %); (b) the second params leaf:
-  optax runs Adam per leaf, so `{"loc", "raw_scale"}` costs two sets of
-  moment/update fusions; the "same-update" kernel includes it; (c) the scale
-  parameterization and log q: softplus, sigmoid, 1/scale on [dim], sum of
-  log-scales and the log-det-Jacobians of the bijectors as values, two
-  gradient reductions (loc and raw_scale) instead of one.
-- Tried and not kept (no gain, same fusion count): a distrax-free mean-field
-  `sample_and_log_prob` (log q from the standard-normal noise, analytic
-  log-scale sum), with and without `optimization_barrier` on the noise; a
-  hand-written fused mean-field step (explicit gradients, no distrax) is
-  slower than vi_jax. vi_jax's custom-JVP target plus distrax is already at
-  the hand-written floor: what is left is the loss value and the per-leaf
-  optimizer.
+  What is left on small targets is the number of XLA fusions (about 0.2 us
+  each; a step is 2-8 us): the loss value (reductions of log p the gradient
+  does not need), the softplus/sigmoid/log-scale chain on [dim], and two
+  gradient reductions (loc, raw_scale) instead of one. Brownian motion has 32
+  scalar latents: every latent is its own leaf through `latent_space`
+  (slice, bijector, log-det, and in the backward pass one padded [16, 32]
+  cotangent per leaf: 126 fusions against the kernel's 84); batching
+  same-bijector scalar leaves in `vi_jax.bijectors.latent_space` is the next
+  fix (not in this branch's files).
+- Tried and not kept (no gain): a distrax-free mean-field
+  `sample_and_log_prob` (log q from the noise), `optimization_barrier` on
+  the noise (removed by XLA:CPU), a hand-written fused mean-field step.
 - Possible engine change (fit.py, not applied here; small gain): run the
   optimizer on the raveled params. Measured with vi_jax's loss and a copy of
-  the step: 3 fusions fewer, 1-3 % faster (eight schools 1.26-1.27x instead
-  of 1.30x, breast cancer 1.18-1.19x instead of 1.19-1.22x, SV small no
-  change). Opt-in, because per-leaf optimizers (`optax.multi_transform`,
-  `masked`) need the pytree:
+  the step (before the fix above): 3 fusions fewer, 1-3 % faster. Opt-in,
+  because per-leaf optimizers (`optax.multi_transform`, `masked`) need the
+  pytree:
 
   ```python
   # vi_jax/fit.py, build(..., flatten_params: bool = False)
@@ -98,6 +104,9 @@ NOTES = """\
       params = optax.apply_updates(state.params, updates)
     ...
   ```
+- The bare kernel itself recomputes the sampler inside the target's fusions
+  (it is `vmap(grad(log p))` on `params + noise`, as specified), which is why
+  vi_jax can come out below 1.0 on targets like SV small.
 """
 
 
