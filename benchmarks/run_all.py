@@ -156,6 +156,8 @@ def main(argv=None):
                       help="folder for RESULTS.md and the plots")
   parser.add_argument("--targets", default=None)
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--scaling", choices=("full", "quick"), default=None,
+                      help="scaling run size (default: follows --quick)")
   args = parser.parse_args(argv)
   t_start = time.perf_counter()
   names = (args.targets.split(",") if args.targets else
@@ -175,7 +177,8 @@ def main(argv=None):
              for (s, lib, fam), out in fitted.items() if s == 16]
     print(accuracy.as_table(arows), flush=True)
     acc_rows += arows
-  scale = scaling.main((["--quick"] if args.quick else []) +
+  scaling_quick = (args.scaling or ("quick" if args.quick else "full")) == "quick"
+  scale = scaling.main((["--quick"] if scaling_quick else []) +
                        ["--out", args.out])
   elapsed = time.perf_counter() - t_start
   command = "python -m benchmarks.run_all " + " ".join(
