@@ -1,8 +1,24 @@
-"""Shared pieces of the benchmarks: targets, the bare kernel, timing."""
+"""Shared pieces of the benchmarks: targets, the bare kernel, timing, reporting.
 
+Every target is exposed two ways, with the same density on the same
+unconstrained space:
+
+* `target_log_prob_fn` / `event_shape` / `bijector`: vi_jax's public API (TFP's
+  one-draw calling convention, a pytree of latents, per-latent bijectors);
+* `unconstrained_log_prob`: the flat unconstrained vector `u: [dim] -> scalar`,
+  log-det-Jacobian of the same bijectors included. The bare kernel and every
+  peer (NumPyro, Blackjax, TFP) fit this one.
+
+References (`ref_mean`, `ref_std`, flat over the constrained latents in pytree
+leaf order) come from inference_gym's ground truth where it has one.
+"""
+
+import datetime
+import os
+import platform
 import statistics
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +27,28 @@ import optax
 
 
 class Target(NamedTuple):
+  """One benchmark posterior (see the module docstring)."""
   name: str
   target_log_prob_fn: Callable  # one draw, TFP's calling convention
-  event_shape: object
-  bijector: object
+  event_shape: Any
+  bijector: Any
   unconstrained_log_prob: Callable  # flat unconstrained vector [dim] -> scalar
   dim: int
+  forward: Callable  # u: [n, dim] -> flat constrained draws [n, num_latents]
+  ref_mean: Optional[np.ndarray]  # [num_latents] or None
+  ref_std: Optional[np.ndarray]  # [num_latents] or None
+  steps: int  # steps at S <= 16: a timed run of roughly 0.05 s or more
 
 
-def _from_event_space(name, fn, event_shape, bijector):
+def _flat_leaves(tree, batch_dims: int) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if batch_dims:
+    n = jnp.shape(leaves[0])[0]
+    return jnp.concatenate([jnp.reshape(l, (n, -1)) for l in leaves], axis=-1)
+  return jnp.concatenate([jnp.reshape(jnp.asarray(l), (-1,)) for l in leaves])
+
+
+def _make(name, fn, event_shape, bijector, steps, ref_mean=None, ref_std=None):
   import vi_jax as vi  # pylint: disable=g-import-not-at-top
   space = vi.bijectors.latent_space(event_shape, bijector)
 
@@ -28,22 +57,82 @@ def _from_event_space(name, fn, event_shape, bijector):
     one = jax.tree_util.tree_map(lambda x: x[0], z)
     return vi.target.call_target(fn, one) + ldj[0]
 
-  return Target(name, fn, event_shape, bijector, unconstrained, space.dim)
+  def forward(u):
+    z, _ = space.forward_and_log_det(u)
+    return _flat_leaves(z, 1)
+
+  if ref_mean is not None:
+    ref_mean = np.asarray(_flat_leaves(ref_mean, 0))
+    ref_std = np.asarray(_flat_leaves(ref_std, 0))
+  return Target(name, fn, event_shape, bijector, unconstrained, space.dim,
+                forward, ref_mean, ref_std, steps)
+
+
+def _gym_target(model, name, steps):
+  """An inference_gym model with its default event-space bijector."""
+  shape = model.event_shape
+  if isinstance(shape, dict):
+    fn = lambda **z: model.unnormalized_log_prob(z)
+  elif isinstance(shape, tuple) and hasattr(shape, "_fields"):
+    struct = type(shape)
+    fn = lambda *z: model.unnormalized_log_prob(struct(*z))
+  else:
+    fn = model.unnormalized_log_prob
+    shape = tuple(shape.as_list()) if hasattr(shape, "as_list") else shape
+  bij = model.default_event_space_bijector
+  if not isinstance(bij, (dict, tuple)):
+    from tensorflow_probability.substrates import jax as tfp  # pylint: disable=g-import-not-at-top
+    if isinstance(bij, tfp.bijectors.Identity):
+      bij = None
+  ident = model.sample_transformations["identity"]
+  mean, std = ident.ground_truth_mean, ident.ground_truth_standard_deviation
+  return _make(name, fn, shape, bij, steps, mean, std)
+
+
+def _gym():
+  from inference_gym import using_jax as gym  # pylint: disable=g-import-not-at-top
+  return gym.targets
+
+
+def eight_schools() -> Target:
+  return _gym_target(_gym().EightSchools(), "eight schools (10)", 10000)
 
 
 def stochastic_volatility_small() -> Target:
-  from inference_gym import using_jax as gym  # pylint: disable=g-import-not-at-top
-  t = gym.targets.VectorizedStochasticVolatilitySP500Small()
-  struct = type(t.event_shape)
-  fn = lambda *z: t.unnormalized_log_prob(struct(*z))
-  return _from_event_space("stochastic volatility SP500 small (103)", fn,
-                           t.event_shape, t.default_event_space_bijector)
+  return _gym_target(_gym().VectorizedStochasticVolatilitySP500Small(),
+                     "stochastic volatility SP500 small (103)", 2000)
 
 
-def breast_cancer_logistic_regression() -> Target:
-  from sklearn.datasets import load_breast_cancer  # pylint: disable=g-import-not-at-top
-  x, y = load_breast_cancer(return_X_y=True)
-  x = (x - x.mean(0)) / x.std(0)
+def stochastic_volatility_full() -> Target:
+  return _gym_target(_gym().VectorizedStochasticVolatilitySP500(),
+                     "stochastic volatility SP500 (2519)", 160)
+
+
+def item_response_theory() -> Target:
+  return _gym_target(_gym().SyntheticItemResponseTheory(),
+                     "item response theory (501)", 500)
+
+
+def brownian_motion() -> Target:
+  return _gym_target(
+      _gym().BrownianMotionUnknownScalesMissingMiddleObservations(),
+      "Brownian motion unknown scales (32)", 5000)
+
+
+def ill_conditioned_gaussian() -> Target:
+  return _gym_target(_gym().IllConditionedGaussian(),
+                     "ill-conditioned Gaussian (100)", 5000)
+
+
+def neals_funnel() -> Target:
+  return _gym_target(_gym().NealsFunnel(), "Neal's funnel (10)", 10000)
+
+
+def banana() -> Target:
+  return _gym_target(_gym().Banana(), "banana (2)", 10000)
+
+
+def _logistic_regression(name, x, y, steps):
   x = jnp.asarray(np.concatenate([x, np.ones((x.shape[0], 1))], 1), jnp.float32)
   y = jnp.asarray(y, jnp.float32)
 
@@ -52,45 +141,212 @@ def breast_cancer_logistic_regression() -> Target:
     return (-0.5 * jnp.sum(w**2) +
             jnp.sum(y * logits - jax.nn.softplus(logits)))
 
-  return _from_event_space("logistic regression breast cancer (31)", fn,
-                           (x.shape[1],), None)
+  return _make(name, fn, (x.shape[1],), None, steps)
+
+
+def breast_cancer_logistic_regression() -> Target:
+  """Scikit-learn's breast-cancer data, standardized, N(0, 1) prior (31 dims)."""
+  from sklearn.datasets import load_breast_cancer  # pylint: disable=g-import-not-at-top
+  x, y = load_breast_cancer(return_X_y=True)
+  x = (x - x.mean(0)) / x.std(0)
+  return _logistic_regression("logistic regression breast cancer (31)", x, y,
+                              2000)
+
+
+def synthetic_logistic_regression(num_features: int = 500,
+                                  num_rows: int = 5000,
+                                  seed: int = 0) -> Target:
+  """Synthetic high-dimensional logistic regression, N(0, 1) prior."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(num_rows, num_features)) / np.sqrt(num_features)
+  w = rng.normal(size=num_features)
+  y = (rng.uniform(size=num_rows) < 1 / (1 + np.exp(-x @ w))).astype(
+      np.float32)
+  return _logistic_regression(
+      f"synthetic logistic regression ({num_features + 1})", x, y,
+      max(100, min(2000, int(2e8 / (num_rows * num_features)))))
+
+
+def synthetic_gaussian(dim: int, seed: int = 0) -> Target:
+  """A diagonal Gaussian with scales log-uniform in [0.1, 10] (analytic ref)."""
+  scales = np.exp(np.random.default_rng(seed).uniform(np.log(.1), np.log(10.),
+                                                      dim)).astype(np.float32)
+  s = jnp.asarray(scales)
+
+  def fn(z):
+    return -0.5 * jnp.sum((z / s)**2)
+
+  return _make(f"synthetic Gaussian ({dim})", fn, (dim,), None, 2000,
+               np.zeros(dim, np.float32), scales)
+
+
+# name -> constructor, the order of the tables.
+TARGETS = {
+    "eight_schools": eight_schools,
+    "sv_small": stochastic_volatility_small,
+    "sv_full": stochastic_volatility_full,
+    "breast_cancer": breast_cancer_logistic_regression,
+    "irt": item_response_theory,
+    "brownian": brownian_motion,
+    "ill_gaussian": ill_conditioned_gaussian,
+    "funnel": neals_funnel,
+    "banana": banana,
+    "synthetic_lr": synthetic_logistic_regression,
+}
+QUICK_TARGETS = ("eight_schools",)
 
 
 def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
-                num_steps):
+                num_steps, params=None):
   """The irreducible work: scan of vmap(grad(log p)) on S points + optax update.
 
-  Returns a function `key -> final params` to jit.
+  Args:
+    unconstrained_log_prob: `u: [dim] -> scalar`.
+    dim: the unconstrained dimension.
+    optimizer: the optax optimizer the methods use.
+    sample_size: S, points per step.
+    num_steps: scan length.
+    params: the params pytree the optax update runs on (default: one vector
+      `[dim]`). Pass the surrogate's params (e.g. `{"loc": [dim],
+      "raw_scale": [dim]}`) for "the same optax update" as the method: the
+      update then costs what the method's own update costs. The S points are
+      the first `[dim]` leaf plus standard normal noise; every `[dim]` leaf
+      gets the mean gradient, other leaves its first entry.
+
+  Returns:
+    `key -> final params`, to jit. No loss value is computed.
   """
   grad = jax.vmap(jax.grad(unconstrained_log_prob))
+  if params is None:
+    params = jnp.zeros((dim,))
+  params = jax.tree_util.tree_map(jnp.zeros_like, params)
+  leaves = jax.tree_util.tree_leaves(params)
+  first = next(i for i, l in enumerate(leaves) if l.shape == (dim,))
 
   def run(key):
-    params = jnp.zeros((dim,))
     opt_state = optimizer.init(params)
 
     def body(carry, k):
       params, opt_state = carry
-      points = params + jax.random.normal(k, (sample_size, dim))
+      loc = jax.tree_util.tree_leaves(params)[first]
+      points = loc + jax.random.normal(k, (sample_size, dim))
       g = -jnp.mean(grad(points), axis=0)
-      updates, opt_state = optimizer.update(g, opt_state, params)
+      grads = jax.tree_util.tree_map(
+          lambda l: g if l.shape == (dim,) else jnp.broadcast_to(g[0], l.shape),
+          params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 
-    (params, _), _ = jax.lax.scan(body, (params, opt_state),
-                                  jax.random.split(key, num_steps))
-    return params
+    (final, _), _ = jax.lax.scan(body, (params, opt_state),
+                                 jax.random.split(key, num_steps))
+    return final
 
   return run
 
 
-def time_compiled(fn, *args, repeats=5):
-  """(compile seconds, median run seconds) of `jax.jit(fn)(*args)`."""
+def surrogate_params(family: str, target: "Target"):
+  """The vi_jax surrogate's initial params pytree for `family` on `target`."""
+  import vi_jax as vi  # pylint: disable=g-import-not-at-top
+  make = (vi.surrogates.mean_field_normal if family == "mean-field" else
+          vi.surrogates.full_rank_normal)
+  return make(target.event_shape, target.bijector).init(jax.random.key(0))
+
+
+def compile_fn(fn, *args):
+  """(compiled, seconds to trace + lower + compile) of `jax.jit(fn)`."""
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - t0)
+  return compiled, time.perf_counter() - t0
+
+
+def time_interleaved(compiled: dict, args: tuple, repeats: int,
+                     outputs: Optional[dict] = None,
+                     cpu: Optional[dict] = None,
+                     budget_s: float = float("inf")) -> dict:
+  """Runs each compiled function `repeats` times, interleaved; name -> [s].
+
+  One warm-up call each first, whose result goes to `outputs[name]` when a
+  dict is given. Interleaving spreads machine noise evenly over the methods.
+  When `cpu` is a dict, it receives name -> [process CPU seconds] of the same
+  runs (all threads; less sensitive than wall time to other jobs on a shared
+  machine). Stops after 3 repeats once `budget_s` seconds have passed.
+  """
+  for name, f in compiled.items():
+    out = jax.block_until_ready(f(*args))
+    if outputs is not None:
+      outputs[name] = out
+  runs = {name: [] for name in compiled}
+  if cpu is not None:
+    cpu.update({name: [] for name in compiled})
+  start = time.perf_counter()
+  for r in range(repeats):
+    if r >= 3 and time.perf_counter() - start > budget_s:
+      break
+    for name, f in compiled.items():
+      c0, t0 = time.process_time(), time.perf_counter()
+      jax.block_until_ready(f(*args))
+      runs[name].append(time.perf_counter() - t0)
+      if cpu is not None:
+        cpu[name].append(time.process_time() - c0)
+  return runs
+
+
+def time_compiled(fn, *args, repeats=5):
+  """(compile seconds, median run seconds) of `jax.jit(fn)(*args)`."""
+  compiled, compile_s = compile_fn(fn, *args)
+  runs = time_interleaved({"f": compiled}, args, repeats)["f"]
   return compile_s, statistics.median(runs)
+
+
+def noise(runs) -> float:
+  """Relative spread of repeated timings: (max - min) / median."""
+  med = statistics.median(runs)
+  return (max(runs) - min(runs)) / med if med else float("nan")
+
+
+def machine_description() -> str:
+  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  versions = []
+  for pkg in ("jax", "jaxlib", "optax", "distrax", "numpyro", "blackjax",
+              "tfp-nightly", "inference-gym"):
+    try:
+      versions.append(f"{pkg} {md.version(pkg)}")
+    except md.PackageNotFoundError:
+      pass
+  dev = jax.devices()[0]
+  return (f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+          f"- machine: {cpu}, {os.cpu_count()} cores, "
+          f"{platform.system()} {platform.release()}, Python "
+          f"{platform.python_version()}\n"
+          f"- JAX device: {dev.platform} ({dev.device_kind}); XLA_FLAGS="
+          f"{os.environ.get('XLA_FLAGS', '(unset)')}\n"
+          f"- versions: {', '.join(versions)}\n")
+
+
+def markdown_table(header, rows) -> str:
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for r in rows:
+    lines.append("| " + " | ".join(_fmt(x) for x in r) + " |")
+  return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+  if isinstance(x, float):
+    if x != x:
+      return "nan"
+    if abs(x) >= 100:
+      return f"{x:.1f}"
+    if abs(x) >= 1:
+      return f"{x:.3f}"
+    return f"{x:.4f}"
+  return str(x)

@@ -1,56 +1,158 @@
-"""vi.fit step cost against the bare kernel, in one process.
+"""Step cost: vi_jax and its peers against the bare kernel, one process.
 
-    python -m benchmarks.step_cost [--quick]
+    python -m benchmarks.step_cost [--quick] [--targets eight_schools,banana]
+        [--sample-sizes 1,16,128] [--peers-at-all-sizes] [--repeats 5]
 
-Mean-field Gaussian, sample_size 16, 2000 Adam steps, the loss traced every
-step; the bare kernel is lax.scan of jax.vmap(jax.grad(log_p)) on 16 points plus
-the same optax update. Prints median seconds per 1000 steps, the ratio to the
-kernel and compile seconds.
+For each target and sample size S, every method runs the same number of Adam
+(lr 1e-2) steps on the same unconstrained space, the loss traced every step;
+each is compiled once (`jax.jit(run).lower(key).compile()`, compile seconds
+reported separately) and then timed `repeats` times, the methods interleaved.
+Reported: median wall seconds per 1000 steps, the ratio to the bare kernel of
+the same family, the timing noise ((max - min) / median over the repeats), the
+ratio of the smallest process CPU times (all threads; steadier than wall time
+on a shared machine) and the compile seconds.
+
+The bare kernel is `lax.scan` over `jax.vmap(jax.grad(log_p))` on S points plus
+the same optax Adam update as the family's: on a params pytree of the same
+structure and shapes (`{"loc", "raw_scale"}` for mean-field, `{"loc",
+"raw_scale_tril"}` for full-rank); it computes no loss value. "bare kernel
+(dim)" updates one `[dim]` vector only, shown at S = 16 for mean-field. Peers run at S = 16 only unless --peers-at-all-sizes. Full-rank is
+skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
 
 import argparse
+import statistics
 
 import jax
 import optax
 
-import vi_jax as vi
 from benchmarks import common
+from benchmarks import peers
+
+FULL_RANK_MAX_DIM = 1000
+
+
+def _steps(target, sample_size, quick):
+  if quick:
+    return 50
+  return max(20, target.steps // 8) if sample_size > 16 else target.steps
+
+
+def measure_target(target, sample_sizes, repeats, quick=False,
+                   peers_at_all_sizes=False, learning_rate=1e-2, fitted=None):
+  """Rows (dicts) of the step-cost table for one target.
+
+  When `fitted` is a dict, it receives `(sample_size, library, family) ->
+  peers.Fitted`, the result of each method's first (warm-up) run, for
+  `benchmarks.accuracy.evaluate` (equal budget: same steps and S).
+  """
+  optimizer = optax.adam(learning_rate)
+  key = jax.random.key(0)
+  families = [f for f in peers.FAMILIES
+              if f == "mean-field" or target.dim <= FULL_RANK_MAX_DIM]
+  rows = []
+  for s in sample_sizes:
+    steps = _steps(target, s, quick)
+    libraries = (peers.LIBRARIES if s == 16 or peers_at_all_sizes else
+                 ("vi_jax",))
+    fns = {}
+    for family in families:
+      fns[("bare kernel", family)] = common.bare_kernel(
+          target.unconstrained_log_prob, target.dim, optimizer, s, steps,
+          common.surrogate_params(family, target))
+      if family == "mean-field" and s == 16:
+        fns[("bare kernel (dim)", family)] = common.bare_kernel(
+            target.unconstrained_log_prob, target.dim, optimizer, s, steps)
+      for library in libraries:
+        fns[(library, family)] = peers.build(library, family, target,
+                                             optimizer, s, steps)
+    compiled, compile_s = {}, {}
+    for name, fn in fns.items():
+      compiled[name], compile_s[name] = common.compile_fn(fn, key)
+    outputs, cpu = {}, {}
+    runs = common.time_interleaved(compiled, (key,), repeats, outputs, cpu,
+                                   budget_s=20.)
+    if fitted is not None:
+      for (method, family), out in outputs.items():
+        if method in peers.LIBRARIES:
+          fitted[(s, method, family)] = out
+    for (method, family), t in runs.items():
+      med = statistics.median(t)
+      kernel = statistics.median(runs[("bare kernel", family)])
+      rows.append(dict(target=target.name, sample_size=s, family=family,
+                       method=method, steps=steps,
+                       s_per_1000=med / steps * 1000, ratio=med / kernel,
+                       noise=common.noise(t),
+                       cpu_ratio=min(cpu[(method, family)]) /
+                       min(cpu[("bare kernel", family)]),
+                       compile_s=compile_s[(method, family)]))
+  return rows
+
+
+HEADER = ("target", "S", "family", "method", "s / 1000 steps",
+          "ratio to kernel", "noise", "ratio (min CPU s)", "compile s")
+
+
+def as_table(rows) -> str:
+  return common.markdown_table(HEADER, [
+      (r["target"], r["sample_size"], r["family"], r["method"],
+       r["s_per_1000"], r["ratio"], r["noise"], r["cpu_ratio"], r["compile_s"])
+      for r in rows])
+
+
+def summary(rows) -> str:
+  """The acceptance view: mean-field, S = 16, loss traced, per target."""
+  out = []
+  for name in dict.fromkeys(r["target"] for r in rows):
+    sel = {r["method"]: r for r in rows if r["target"] == name and
+           r["sample_size"] == 16 and r["family"] == "mean-field"}
+    if "vi_jax" not in sel:
+      continue
+    vi_row = sel["vi_jax"]
+    peer_rows = [sel[m] for m in ("numpyro", "blackjax", "tfp") if m in sel]
+    fastest_peer = min(peer_rows, key=lambda r: r["ratio"], default=None)
+    fastest_compile = min(peer_rows, key=lambda r: r["compile_s"],
+                          default=None)
+    out.append((
+        name, vi_row["ratio"],
+        sel.get("bare kernel (dim)", {}).get("s_per_1000", float("nan")) and
+        vi_row["s_per_1000"] / sel["bare kernel (dim)"]["s_per_1000"]
+        if "bare kernel (dim)" in sel else float("nan"),
+        f"{fastest_peer['method']} {fastest_peer['ratio']:.3f}"
+        if fastest_peer else "-",
+        vi_row["compile_s"],
+        f"{fastest_compile['method']} {fastest_compile['compile_s']:.2f}"
+        if fastest_compile else "-",
+    ))
+  return common.markdown_table(
+      ("target", "vi_jax / kernel", "vi_jax / kernel (dim)",
+       "fastest peer / kernel", "vi_jax compile s", "fastest peer compile s"),
+      out)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--steps", type=int, default=2000)
-  parser.add_argument("--sample-size", type=int, default=16)
+  parser.add_argument("--targets", default=None,
+                      help="comma-separated keys of common.TARGETS")
+  parser.add_argument("--sample-sizes", default=None)
+  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--peers-at-all-sizes", action="store_true")
   args = parser.parse_args(argv)
-  steps = 200 if args.quick else args.steps
-  repeats = 2 if args.quick else 7
-  s_size = args.sample_size
-  optimizer = optax.adam(1e-2)
-  key = jax.random.key(0)
-  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, "
-        f"steps={steps}, sample_size={s_size}, repeats={repeats}")
-  print("| target | method | s / 1000 steps | ratio to kernel | compile s |")
-  print("|---|---|---|---|---|")
+  names = (args.targets.split(",") if args.targets else
+           list(common.QUICK_TARGETS if args.quick else common.TARGETS))
+  sizes = ([int(s) for s in args.sample_sizes.split(",")] if args.sample_sizes
+           else ([16] if args.quick else [1, 16, 128]))
+  repeats = args.repeats or (1 if args.quick else 5)
+  print(common.machine_description(), flush=True)
   rows = []
-  for target in (common.stochastic_volatility_small(),
-                 common.breast_cancer_logistic_regression()):
-    kernel = common.bare_kernel(target.unconstrained_log_prob, target.dim,
-                                optimizer, s_size, steps)
-    surrogate = vi.surrogates.mean_field_normal(target.event_shape,
-                                                target.bijector)
-
-    def run_vi(k, target=target, surrogate=surrogate):
-      return vi.fit(target.target_log_prob_fn, surrogate, optimizer, steps,
-                    key=k, sample_size=s_size)
-
-    kc, kt = common.time_compiled(kernel, key, repeats=repeats)
-    vc, vt = common.time_compiled(run_vi, key, repeats=repeats)
-    for name, c, t in (("bare kernel", kc, kt), ("vi_jax mean-field", vc, vt)):
-      per_1000 = t / steps * 1000
-      print(f"| {target.name} | {name} | {per_1000:.4f} | {t / kt:.3f} | "
-            f"{c:.2f} |", flush=True)
-      rows.append((target.name, name, per_1000, t / kt, c))
+  for name in names:
+    target = common.TARGETS[name]()
+    new = measure_target(target, sizes, repeats, args.quick,
+                         args.peers_at_all_sizes)
+    print(as_table(new), flush=True)
+    rows += new
+  print(summary(rows), flush=True)
   return rows
 
 

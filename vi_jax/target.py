@@ -10,7 +10,9 @@ custom JVP: the tangent rule evaluates `jax.vmap(jax.value_and_grad(f))`, the
 per-draw value and gradient in one pass, so a reparameterized loss costs the
 bare kernel (the vmapped gradient of the target) plus the cheap chain rule
 through the surrogate's sampling path. Because it is a JVP rule (not a VJP)
-it stays differentiable to any order.
+it stays differentiable to any order. The rule first materializes the draws
+(`_materialize`), so that XLA evaluates the sampler once per draw instead of
+once per data element in every fusion of the target that reads them.
 """
 
 from typing import Any, Callable
@@ -46,6 +48,27 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+def _materialize(z):
+  """z unchanged, computed once: XLA cannot fuse its producer into consumers.
+
+  XLA (CPU) fuses the producer of the draws (the normal sampler's inverse-erf
+  polynomial, the affine map, the bijectors) into every fusion that reads
+  them; a target that reuses each latent across many data elements (a gather
+  as in item response theory, a broadcast against data) then recomputes the
+  sampler once per data element, in each of the several fusions of the fused
+  value and gradient. `optimization_barrier` is removed before fusion on CPU;
+  a conditional's operands are materialized.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(z)
+  first = jnp.ravel(leaves[0])[0]
+  # Identity when the first entry is a number; all-NaN when it is NaN (the
+  # log density is NaN then anyway). Two different branches keep JAX and XLA
+  # from forwarding the operands past the conditional.
+  out = jax.lax.cond(first == first, lambda x: x,
+                     lambda x: [l * jnp.nan for l in x], leaves)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def batched_log_prob(
     log_prob_fn: Callable[[PyTree, Any], Array]) -> Callable[[PyTree, Any],
                                                              Array]:
@@ -59,33 +82,38 @@ def batched_log_prob(
   Returns:
     `(z, extra) -> [n]` for z with leading `[n]` on every leaf. Its value is
     `vmap(log_prob_fn)`; its JVP (and so its VJP under `jax.grad`) is computed
-    from `vmap(value_and_grad(log_prob_fn))`. Latents of integer dtype (discrete)
+    from `vmap(value_and_grad(log_prob_fn))` on the materialized draws. Latents of integer dtype (discrete)
     fall back to plain `vmap` (they carry no gradient).
   """
 
-  @jax.custom_jvp
-  def one(z, extra):
-    return log_prob_fn(z, extra)
+  plain = jax.vmap(log_prob_fn, in_axes=(0, None))
+  value_and_grads = jax.vmap(
+      jax.value_and_grad(log_prob_fn, argnums=(0, 1)), in_axes=(0, None))
 
-  @one.defjvp
-  def one_jvp(primals, tangents):
+  @jax.custom_jvp
+  def fused(z, extra):
+    return plain(z, extra)
+
+  @fused.defjvp
+  def fused_jvp(primals, tangents):
     z, extra = primals
     dz, dextra = tangents
-    value, (gz, gextra) = jax.value_and_grad(log_prob_fn, argnums=(0, 1))(
-        z, extra)
+    value, (gz, gextra) = value_and_grads(_materialize(z), extra)
+    n = value.shape[0]
+    tangent = jnp.zeros((n,), value.dtype)
+    # z leaves and their gradients are batched [n, ...]; extra is unbatched,
+    # its per-draw gradients are [n, ...].
     pairs = list(zip(jax.tree_util.tree_leaves(gz),
                      jax.tree_util.tree_leaves(dz)))
-    pairs += list(zip(jax.tree_util.tree_leaves(gextra),
-                      jax.tree_util.tree_leaves(dextra)))
-    tangent = jnp.zeros((), value.dtype)
+    pairs += [(g, jnp.broadcast_to(d, g.shape)) if d.dtype != jax.dtypes.float0
+              else (g, d) for g, d in zip(jax.tree_util.tree_leaves(gextra),
+                                          jax.tree_util.tree_leaves(dextra))]
     for g, d in pairs:
       if d.dtype == jax.dtypes.float0:
         continue
-      tangent = tangent + jnp.sum(g * d).astype(value.dtype)
+      tangent = tangent + jnp.sum(jnp.reshape(g * d, (n, -1)),
+                                  axis=1).astype(value.dtype)
     return value, tangent
-
-  plain = jax.vmap(log_prob_fn, in_axes=(0, None))
-  fused = jax.vmap(one, in_axes=(0, None))
 
   def batched(z, extra=()):
     leaves = jax.tree_util.tree_leaves((z, extra))
