@@ -73,8 +73,14 @@ idata = vi.export.to_inference_data(schools_q, schools.params, jax.random.key(5)
 table = az.summary(idata, kind="stats")
 print(table)
 print("pareto k of the eight-schools fit:", idata.posterior.attrs["pareto_k"])
-vi.plots.plot_loss(schools.trace)
-plt.show()
+import io
+
+from IPython.display import Image, display
+
+fig = vi.plots.plot_loss(schools.trace)   # a matplotlib Figure (no pyplot state)
+buffer = io.BytesIO()
+fig.savefig(buffer, format="png", dpi=80)
+display(Image(buffer.getvalue()))
 
 # %% [markdown]
 # ## Restarts, vmapped in one compile
