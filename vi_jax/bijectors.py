@@ -70,7 +70,9 @@ def is_bijector(x: Any) -> bool:
 
 
 def _to_distrax(b: Any) -> distrax.Bijector | None:
-  if b is None:
+  # An identity bijector (TFP's, as inference_gym hands out for unconstrained
+  # latents) is dropped: no ops are traced for it and its log-det is 0.
+  if b is None or isinstance(b, tfb.Identity):
     return None
   if isinstance(b, tfb.Bijector):
     return distrax.as_bijector(b)
