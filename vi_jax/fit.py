@@ -21,6 +21,7 @@ import optax
 
 from vi_jax import minibatch as mb
 from vi_jax import progress
+from vi_jax._rng import unrolled_threefry_keys
 from vi_jax._types import Array, LossFn, Params, PRNGKey, PyTree
 from vi_jax.convergence import check_criterion
 from vi_jax.convergence import ConvergenceCriterion
@@ -581,6 +582,8 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
               alg.init(init_key, init_params))
     keys = jax.vmap(lambda i: jax.random.fold_in(loop_key, i))(
         state0.step + jnp.arange(num_steps, dtype=jnp.int32))
+    # Same bits, unrolled Threefry on CPU (vi_jax._rng): no nested loop/step.
+    keys = unrolled_threefry_keys(keys)
     if check_init:  # step 0's loss, value only (a forward pass, once)
       loss0 = loss_at(state0, keys[0], data)
       ok0 = jnp.isfinite(loss0)
@@ -699,6 +702,10 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         diverged=diverged, trace_mask=mask)
     return result, loss0
 
+  if init_state is None:
+    # Initialized in a program of its own, so that a fresh fit and a resumed
+    # one run the same compiled loop (bit-identical resumption).
+    init_state = jax.jit(alg.init)(init_key, init_params)
   result, loss0 = jax.jit(run)(init_key, loop_key, init_params, init_state,
                                data)
   if reporter is not None:

@@ -11,7 +11,7 @@ per-draw value and gradient in one pass, so a reparameterized loss costs the
 bare kernel (the vmapped gradient of the target) plus the cheap chain rule
 through the surrogate's sampling path. Because it is a JVP rule (not a VJP)
 it stays differentiable to any order. The rule first materializes the draws
-(`_materialize`), so that XLA evaluates the sampler once per draw instead of
+(`materialize`), so that XLA evaluates the sampler once per draw instead of
 once per data element in every fusion of the target that reads them.
 """
 
@@ -48,18 +48,24 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _materialize(z):
-  """z unchanged, computed once: XLA cannot fuse its producer into consumers.
+def materialize(tree):
+  """`tree` unchanged, computed once: XLA:CPU cannot fuse its producer into
+  its consumers.
 
-  XLA (CPU) fuses the producer of the draws (the normal sampler's inverse-erf
-  polynomial, the affine map, the bijectors) into every fusion that reads
-  them; a target that reuses each latent across many data elements (a gather
-  as in item response theory, a broadcast against data) then recomputes the
-  sampler once per data element, in each of the several fusions of the fused
-  value and gradient. `optimization_barrier` is removed before fusion on CPU;
-  a conditional's operands are materialized.
+  XLA (CPU) fuses an elementwise producer (the normal sampler's inverse-erf
+  polynomial, an affine map, a bijector) into every fusion that reads it. A
+  consumer that is a reduction (the sum over draws of a gradient) or that
+  reuses each value across many data elements (a gather as in item response
+  theory, a broadcast against data) then recomputes the producer once per
+  element in a scalar loop, in each such fusion. `optimization_barrier` is
+  removed before fusion on CPU; a conditional's operands are materialized.
+  On other backends (where fusion works differently and a conditional costs a
+  device-to-host read of its predicate) `tree` is returned as is.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(z)
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  if jax.default_backend() != "cpu" or not leaves or not all(
+      jnp.issubdtype(jnp.result_type(l), jnp.inexact) for l in leaves):
+    return tree
   first = jnp.ravel(leaves[0])[0]
   # Identity when the first entry is a number; all-NaN when it is NaN (the
   # log density is NaN then anyway). Two different branches keep JAX and XLA
@@ -98,7 +104,7 @@ def batched_log_prob(
   def fused_jvp(primals, tangents):
     z, extra = primals
     dz, dextra = tangents
-    value, (gz, gextra) = value_and_grads(_materialize(z), extra)
+    value, (gz, gextra) = value_and_grads(materialize(z), extra)
     n = value.shape[0]
     tangent = jnp.zeros((n,), value.dtype)
     # z leaves and their gradients are batched [n, ...]; extra is unbatched,
