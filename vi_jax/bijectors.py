@@ -179,8 +179,11 @@ def latent_space(event_shape: Any, bijector: Any = None) -> LatentSpace:
 
   def unflatten(u):
     batch = u.shape[:-1]
-    leaves = [u[..., offsets[i]:offsets[i + 1]].reshape(batch + ushapes[i])
-              for i in range(len(ushapes))]
+    # One split (its transpose is one concatenate), not a slice per latent
+    # (whose transposes are a pad and an add per latent).
+    pieces = (jnp.split(u, [int(o) for o in offsets[1:-1]], axis=-1)
+              if len(ushapes) > 1 else [u])
+    leaves = [p.reshape(batch + ushapes[i]) for i, p in enumerate(pieces)]
     return leaves[0] if is_single else jax.tree_util.tree_unflatten(
         treedef, leaves)
 
