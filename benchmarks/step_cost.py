@@ -16,8 +16,10 @@ The bare kernel is `lax.scan` over `jax.vmap(jax.grad(log_p))` on S points plus
 the same optax Adam update as the family's: on a params pytree of the same
 structure and shapes (`{"loc", "raw_scale"}` for mean-field, `{"loc",
 "raw_scale_tril"}` for full-rank); it computes no loss value. "bare kernel
-(dim)" updates one `[dim]` vector only, shown at S = 16 for mean-field. Peers run at S = 16 only unless --peers-at-all-sizes. Full-rank is
-skipped above 1000 dimensions (its dim^2 parameters dominate).
+(dim)" updates one `[dim]` vector only, and "bare kernel + loss" also computes
+and traces the loss value (`vmap(value_and_grad(log p))`), both shown at S = 16
+for mean-field. Peers run at S = 16 only unless --peers-at-all-sizes.
+Full-rank is skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
 
 import argparse
@@ -63,6 +65,9 @@ def measure_target(target, sample_sizes, repeats, quick=False,
       if family == "mean-field" and s == 16:
         fns[("bare kernel (dim)", family)] = common.bare_kernel(
             target.unconstrained_log_prob, target.dim, optimizer, s, steps)
+        fns[("bare kernel + loss", family)] = common.bare_kernel(
+            target.unconstrained_log_prob, target.dim, optimizer, s, steps,
+            common.surrogate_params(family, target), with_loss=True)
       for library in libraries:
         fns[(library, family)] = peers.build(library, family, target,
                                              optimizer, s, steps)
@@ -118,6 +123,8 @@ def summary(rows) -> str:
         sel.get("bare kernel (dim)", {}).get("s_per_1000", float("nan")) and
         vi_row["s_per_1000"] / sel["bare kernel (dim)"]["s_per_1000"]
         if "bare kernel (dim)" in sel else float("nan"),
+        vi_row["s_per_1000"] / sel["bare kernel + loss"]["s_per_1000"]
+        if "bare kernel + loss" in sel else float("nan"),
         f"{fastest_peer['method']} {fastest_peer['ratio']:.3f}"
         if fastest_peer else "-",
         vi_row["compile_s"],
@@ -126,6 +133,7 @@ def summary(rows) -> str:
     ))
   return common.markdown_table(
       ("target", "vi_jax / kernel", "vi_jax / kernel (dim)",
+       "vi_jax / (kernel + loss)",
        "fastest peer / kernel", "vi_jax compile s", "fastest peer compile s"),
       out)
 

@@ -161,13 +161,17 @@ def _check_init_params(surrogate, key, init_params) -> None:
           f"{jax.tree_util.tree_map(jnp.shape, init_params)}.")
 
 
-def _one_draw_spec(surrogate, key, init_params):
+def _one_draw_fn(surrogate, key, init_params):
+  """`(draw, args)`: `draw(*args)` is one draw of the surrogate (no sample
+  axis), for `check_target`'s single `eval_shape`."""
   params = init_params if init_params is not None else jax.eval_shape(
       surrogate.init, key)
-  z, _ = jax.eval_shape(lambda p: surrogate.sample_and_log_prob(p, key, 1),
-                        params)
-  return jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), z)
+
+  def draw(p):
+    z, _ = surrogate.sample_and_log_prob(p, key, 1)
+    return jax.tree_util.tree_map(lambda x: x[0], z)
+
+  return draw, (params,)
 
 
 def _with_model_params(surrogate: Surrogate) -> Surrogate:
@@ -546,7 +550,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     if init_params is not None:
       _check_init_params(surrogate, key, init_params)
     z_params = init_params
-  z_spec = _one_draw_spec(surrogate, key, z_params)
+  draw, draw_args = _one_draw_fn(surrogate, key, z_params)
   lead = []
   if model_params is not None:
     lead.append(jax.tree_util.tree_map(
@@ -555,11 +559,13 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   if data is not None:
     lead.append(mb.spec(data, mb.check(data, batch_size, num_shards)[1]))
   if lead:
-    check_target(target_log_prob_fn, (tuple(lead), z_spec),
+    check_target(target_log_prob_fn, None,
                  extra_call=lambda lz: call_target(
-                     functools.partial(target_log_prob_fn, *lz[0]), lz[1]))
+                     functools.partial(target_log_prob_fn, *lz[0]), lz[1]),
+                 draw=lambda p, lv: (lv, draw(p)),
+                 draw_args=draw_args + (tuple(lead),))
   else:
-    check_target(target_log_prob_fn, z_spec)
+    check_target(target_log_prob_fn, None, draw=draw, draw_args=draw_args)
   trace_fn = trace_fn or _default_trace_fn
   init_key, loop_key = jax.random.split(key)
   reporter = None

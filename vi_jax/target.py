@@ -131,27 +131,42 @@ def batched_log_prob(
 
 
 def check_target(target_log_prob_fn: TargetLogProbFn, z_one: PyTree,
-                 extra_call: Callable | None = None) -> None:
+                 extra_call: Callable | None = None,
+                 draw: Callable | None = None, draw_args: tuple = ()) -> None:
   """Checks, with `jax.eval_shape` (no compilation), that the target is scalar.
 
   Args:
     target_log_prob_fn: the user's target.
-    z_one: a ShapeDtypeStruct pytree (or arrays) for ONE draw.
+    z_one: a ShapeDtypeStruct pytree (or arrays) for ONE draw; ignored when
+      `draw` is given.
     extra_call: optional `(z) -> value` used instead of `call_target`.
+    draw: optional `(*draw_args) -> z`, one draw, traced in the same
+      `eval_shape` as the target (one trace of the surrogate's sampler instead
+      of one for the draw's shapes and another for the check).
+    draw_args: the (abstract or concrete) arguments of `draw`.
 
   Raises:
     ValueError: if the target raises on a draw of the surrogate's shape, or
-      returns something other than one scalar.
+      returns something other than one scalar. Errors raised by `draw` itself
+      propagate unchanged.
   """
   call = extra_call or (lambda z: call_target(target_log_prob_fn, z))
+  shapes = {}
+
+  def probe(*args):
+    z = draw(*args) if draw is not None else args[0]
+    shapes["z"] = jax.tree_util.tree_map(lambda s: tuple(jnp.shape(s)), z)
+    return call(z)
+
   try:
-    out = jax.eval_shape(call, z_one)
+    out = jax.eval_shape(probe, *(draw_args if draw is not None else (z_one,)))
   except Exception as e:  # pylint: disable=broad-except
-    shapes = jax.tree_util.tree_map(lambda s: tuple(s.shape), z_one)
+    if "z" not in shapes:  # the draw failed, not the target
+      raise
     raise ValueError(
         "target_log_prob_fn failed on one draw of the surrogate, with latents "
-        f"of shapes {shapes} (called as f(*z) for tuples, f(**z) for dicts, "
-        f"f(z) for arrays): {type(e).__name__}: {e}") from e
+        f"of shapes {shapes['z']} (called as f(*z) for tuples, f(**z) for "
+        f"dicts, f(z) for arrays): {type(e).__name__}: {e}") from e
   leaves = jax.tree_util.tree_leaves(out)
   if len(leaves) != 1 or np.prod(leaves[0].shape) != 1 or leaves[0].shape:
     raise ValueError(
