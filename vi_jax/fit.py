@@ -566,6 +566,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
                  draw_args=draw_args + (tuple(lead),))
   else:
     check_target(target_log_prob_fn, None, draw=draw, draw_args=draw_args)
+  trace_is_loss = trace_fn is None or trace_fn is _default_trace_fn
   trace_fn = trace_fn or _default_trace_fn
   init_key, loop_key = jax.random.split(key)
   reporter = None
@@ -596,8 +597,6 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     else:
       loss0 = jnp.zeros((), loss_dtype)
       ok0 = jnp.ones((), bool)
-    if reporter is not None:
-      reporter.start(state0.step)
     # trace_fn's output structure from stand-in quantities (gradients have
     # the params' shapes); dead code in the compiled program.
     fake = TraceableQuantities(
@@ -621,7 +620,10 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
           active = active & (state.num_consecutive_nonfinite <
                              max_consecutive_nonfinite)
         state, tq = alg.step(state, k, data)
-        return state, (trace_fn(tq), active, tq.loss)
+        trace = trace_fn(tq)
+        # The default trace is the loss itself: no second [num_steps] buffer.
+        return state, ((trace, active) if trace_is_loss else
+                       (trace, active, tq.loss))
 
       def loop(state):
         idx = jnp.arange(num_steps, dtype=jnp.int32)
@@ -636,7 +638,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
             def chunk(carry, iks):
               state, next_report = carry
               state, ys = jax.lax.scan(body, state, iks)
-              next_report = reporter.maybe_report(iks[0][-1] + 1, ys[2][-1],
+              next_report = reporter.maybe_report(iks[0][-1] + 1, ys[2 - trace_is_loss * 2][-1],
                                                   next_report)
               return (state, next_report), ys
 
@@ -652,7 +654,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
             parts.append(ys)
           ys = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
               lambda *a: jnp.concatenate(a), *parts)
-        trace, mask, losses = ys
+        trace, mask, losses = ys if len(ys) == 3 else (ys[0], ys[1], ys[0])
         taken = jnp.sum(mask.astype(jnp.int32)).astype(jnp.int32)
         last = losses[jnp.maximum(taken - 1, 0)]
         return state, trace, taken, last
@@ -691,7 +693,10 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
     else:
       state, trace, taken, last = loop(state0)
-    if reporter is not None:
+    if reporter is not None and not check_init:
+      # Under an outer transformation the bar is closed from inside the
+      # program; a top-level call closes it on the host after the run (one
+      # callback fewer).
       reporter.finish(taken, last)
     mask = jnp.arange(num_steps) < taken
     trace = jax.tree_util.tree_map(
@@ -706,16 +711,18 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
         num_steps_taken=taken, converged=state.converged,
         num_nonfinite=state.num_nonfinite - state0.num_nonfinite,
         diverged=diverged, trace_mask=mask)
-    return result, loss0
+    return result, (loss0, last)
 
   if init_state is None:
     # Initialized in a program of its own, so that a fresh fit and a resumed
     # one run the same compiled loop (bit-identical resumption).
     init_state = jax.jit(alg.init)(init_key, init_params)
-  result, loss0 = jax.jit(run)(init_key, loop_key, init_params, init_state,
-                               data)
+  result, (loss0, last_loss) = jax.jit(run)(init_key, loop_key, init_params,
+                                            init_state, data)
   if reporter is not None:
     jax.effects_barrier()
+    if check_init and not _is_traced(last_loss):
+      reporter.host(result.num_steps_taken, last_loss, True)
     reporter.host.close()
   if check_init and not _is_traced(loss0):
     if not bool(jnp.isfinite(loss0)):

@@ -8,9 +8,10 @@ at which to call next, about `mininterval` seconds later at the measured
 rate. The early-stopping while loop makes the same comparison every step. When progress is off no
 callback is traced at all, so the compiled program has none.
 
-The bar object is host-side display state, created on the first callback of a
-run and closed on the last one, so a compiled fit can be called again (or
-under an outer `jax.jit`) and draws a fresh bar each time.
+The bar object is host-side display state, created on the first report of a
+run and closed at its end (by the host after a top-level `fit` returns, by a
+last callback under an outer transformation), so a compiled fit can be called
+again (or under an outer `jax.jit`) and draws a fresh bar each time.
 """
 
 import sys
@@ -80,12 +81,16 @@ class _HostBar:
     self.bar = tqdm(total=self.total, desc=self.settings.desc,
                     file=self.settings.file or sys.stderr, unit="step",
                     dynamic_ncols=True, mininterval=self.settings.mininterval)
-    self.t0 = time.perf_counter()
+    self.t0 = self.step0 = None
 
   def report(self, step: int, loss: float, every: int) -> int:
     """Updates the bar; returns the step count to report at next."""
     self(step, loss, False)
-    rate = step / max(time.perf_counter() - self.t0, 1e-9)  # steps per second
+    now = time.perf_counter()
+    if self.t0 is None:  # the first report of a run: the rate is unknown yet
+      self.t0, self.step0 = now, step
+      return step + every
+    rate = (step - self.step0) / max(now - self.t0, 1e-9)  # steps per second
     ahead = int(rate * self.settings.mininterval)
     return step + max(every, ahead // every * every)
 
@@ -108,7 +113,6 @@ class _HostBar:
 class Reporter(NamedTuple):
   """The traced side of the bar (see `make_reporter`)."""
   every: int  # steps per chunk: the finest update granularity
-  start: Any  # (loss) -> None: opens the bar before the loop
   maybe_report: Any  # (steps_done, loss, next_report) -> next_report
   finish: Any  # (steps_done, loss) -> None: last update and close
   host: Any  # the _HostBar
@@ -123,7 +127,8 @@ def make_reporter(settings: ProgressBar, num_steps: int) -> Reporter:
   bar and returns the next step to report at, chosen by the host from the
   measured steps/s so that updates come about every `mininterval` seconds.
   So a fit pays ~1/mininterval host round trips per second, whatever its
-  step time. `start` and `finish` are traced once, before and after the loop.
+  step time. `finish` (used under an outer transformation; a top-level `fit`
+  closes the bar on the host) is traced once, after the loop.
   """
   every = settings.every or max(1, num_steps // 100)
   host = _HostBar(num_steps, settings)
@@ -133,9 +138,6 @@ def make_reporter(settings: ProgressBar, num_steps: int) -> Reporter:
 
   def report_callback(step, loss):
     return np.asarray(host.report(int(step), float(loss), every), np.int32)
-
-  def start(token):
-    jax.debug.callback(lambda _: host.start(), token)
 
   def maybe_report(steps_done, loss, next_report):
     return jax.lax.cond(
@@ -148,4 +150,4 @@ def make_reporter(settings: ProgressBar, num_steps: int) -> Reporter:
   def finish(steps_done, loss):
     jax.debug.callback(done_callback, steps_done, loss)
 
-  return Reporter(every, start, maybe_report, finish, host)
+  return Reporter(every, maybe_report, finish, host)
