@@ -473,7 +473,10 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
 
   The key of iteration t is `fold_in(split(key)[1], t)`, so N steps then M
   steps resumed from `result.state` (`init_state=`) with the same key give
-  bit for bit the params of one N + M run.
+  bit for bit the params of one N + M run. On CPU, Threefry keys are
+  rewrapped (`vi_jax._rng`) so that their random bits, identical to
+  `jax.random`'s, compile to one fused kernel instead of a rolled loop per
+  step.
 
   Args:
     target_log_prob_fn: unnormalized log density of ONE draw, called as
