@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from vi_jax._types import Array, Params, PyTree
+from vi_jax._validation import integer
+from vi_jax._validation import positive_int
+from vi_jax.step import joint
 
 __all__ = [
     "ConvergenceCriterion",
@@ -75,11 +78,7 @@ class ConvergenceCriterion(NamedTuple):
 
 
 def _check_min_num_steps(min_num_steps) -> int:
-  if isinstance(min_num_steps, bool) or not isinstance(min_num_steps, int) or (
-      min_num_steps < 0):
-    raise ValueError(
-        f"min_num_steps must be a Python int >= 0; got {min_num_steps!r}.")
-  return min_num_steps
+  return integer("min_num_steps", min_num_steps, minimum=0)
 
 
 class LossNotDecreasingState(NamedTuple):
@@ -116,9 +115,7 @@ def loss_not_decreasing(atol: Optional[float] = None,
   """
   if atol is None and rtol is None:
     raise ValueError("loss_not_decreasing needs at least one of atol and rtol.")
-  if isinstance(window_size, bool) or not isinstance(window_size, int) or (
-      window_size < 1):
-    raise ValueError(f"window_size must be a Python int >= 1; got {window_size!r}.")
+  window_size = positive_int("window_size", window_size)
   min_num_steps = _check_min_num_steps(min_num_steps)
 
   def init(loss, grads, params):
@@ -226,9 +223,8 @@ def relative_loss_change(tol_rel_obj: float = 0.01, eval_every: int = 100,
     Kucukelbir et al. 2017 (ADVI), sec. 3.5; Stan's
     stan/variational/advi.hpp (`stochastic_gradient_ascent`, `circ_buff_median`).
   """
-  for name, v in (("eval_every", eval_every), ("buffer_size", buffer_size)):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-      raise ValueError(f"{name} must be a Python int >= 1; got {v!r}.")
+  eval_every = positive_int("eval_every", eval_every)
+  buffer_size = positive_int("buffer_size", buffer_size)
   if tol_rel_obj <= 0:
     raise ValueError(f"tol_rel_obj must be > 0; got {tol_rel_obj}.")
   min_num_steps = _check_min_num_steps(min_num_steps)
@@ -277,3 +273,44 @@ def check_criterion(criterion: Any) -> None:
     raise TypeError(
         "convergence_criterion must be a vi_jax.convergence.ConvergenceCriterion"
         f" (init, update); got {type(criterion).__name__}.")
+
+
+def with_criterion(inner, criterion: ConvergenceCriterion,
+                   learn_model_params: bool):
+  """Wraps a step (`vi_jax.step.StepFn`) with a stopping rule.
+
+  The criterion owns `VIState.criterion_state`; step 0 initializes it
+  (`criterion.init`), later steps update it. The proposed state's `converged`
+  and the quantities' `has_converged` say whether it fired at this step;
+  `vi_jax.guards.with_nonfinite_guard` keeps it only for accepted updates.
+
+  Args:
+    inner: the step to wrap.
+    criterion: a `ConvergenceCriterion`.
+    learn_model_params: the criterion sees `(params, model_params)` and their
+      gradients when model params are learned (what the optimizer updates).
+
+  Returns:
+    A `StepFn`.
+  """
+  def step(state, key, batch):
+    proposed, info = inner(state, key, batch)
+    grads = joint(info.grads, info.model_grads, learn_model_params)
+    new = joint(proposed.params, proposed.model_params, learn_model_params)
+    first = state.step == 0
+    c_init = criterion.init(info.loss, grads, new)
+    fired, c_next = criterion.update(state.step, info.loss, grads, new,
+                                     state.criterion_state)
+    c_next = jax.tree_util.tree_map(lambda a, b: jnp.where(first, a, b),
+                                    c_init, c_next)
+    fired = jnp.asarray(fired, bool) & ~first
+    return (proposed._replace(criterion_state=c_next),
+            info._replace(has_converged=fired))
+
+  return step
+
+
+def criterion_state_spec(criterion: ConvergenceCriterion, loss, trainable):
+  """Zeros shaped like the criterion's state for a loss and params spec."""
+  spec = jax.eval_shape(criterion.init, loss, trainable, trainable)
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), spec)

@@ -1,16 +1,23 @@
-"""The fit loop: `build` gives the pure init/step pair, `fit` scans it under jit.
+"""The fit driver: validate, build, init, keys, run, host checks, result.
 
-Keys are made outside the loop (`lax.scan(step, state, keys)`, as blackjax
-does; key t is `fold_in(loop_key, t)` so runs can be resumed bit for bit); the
-optax optimizer and the target are closed over and never cross the `jit`
-boundary; only arrays (params, keys, data) do.
+`build` composes one step from pieces that each own their slice of `VIState`
+(`vi_jax.step.core_step`, then `vi_jax.convergence.with_criterion`,
+`vi_jax.guards.with_nonfinite_guard` and `vi_jax.minibatch.with_minibatch`);
+`fit` runs it with `vi_jax.loop.run` inside one `jax.jit`:
 
-The default path (no criterion, no progress bar, NaN safety on) adds to the
-bare step one `isfinite` reduction over the loss and gradients and a
-`jnp.where` select on params and optimizer state.
+    spec = _validate(...)                   # every argument, before tracing
+    program = _program(spec, ...)           # cached per identical call
+    state = program.init(init_key, ...)     # a program of its own (resume)
+    result = program.run(loop_key, state, data)
+    _host_checks(...)                       # initial loss, skipped steps
+
+Keys are made outside the loop (key t is `fold_in(loop_key, t)`, so runs
+resume bit for bit); the optimizer and the target are closed over and never
+cross the `jit` boundary; only arrays (params, keys, data) do. A top-level
+call reuses the compiled program of an earlier call with the same objects
+and settings (`vi_jax.compile_cache`).
 """
 
-import functools
 from typing import Any, Callable, NamedTuple, Optional
 import warnings
 
@@ -19,16 +26,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vi_jax import compile_cache
+from vi_jax import loop
 from vi_jax import minibatch as mb
 from vi_jax import progress
 from vi_jax._rng import unrolled_threefry_keys
 from vi_jax._types import Array, LossFn, Params, PRNGKey, PyTree
+from vi_jax._validation import callable_arg
+from vi_jax._validation import float_pytree
+from vi_jax._validation import optional_positive_int
+from vi_jax._validation import positive_int
 from vi_jax.convergence import check_criterion
 from vi_jax.convergence import ConvergenceCriterion
+from vi_jax.convergence import criterion_state_spec
+from vi_jax.convergence import with_criterion
+from vi_jax.guards import with_nonfinite_guard
 from vi_jax.losses import negative_elbo
-from vi_jax.surrogates.base import check_sample_size
-from vi_jax.surrogates.base import Surrogate
-from vi_jax.target import call_target
+from vi_jax.minibatch import with_minibatch
+from vi_jax.step import core_step
+from vi_jax.step import joint
+from vi_jax.step import TraceableQuantities
+from vi_jax.step import VIState
+from vi_jax.target import BoundTarget
 from vi_jax.target import check_target
 
 __all__ = [
@@ -40,35 +59,7 @@ __all__ = [
     "fit",
 ]
 
-
-class VIState(NamedTuple):
-  """The whole loop state (a pytree of arrays; checkpointable, resumable).
-
-  `step` counts loop iterations (skipped non-finite ones included), so the
-  key of iteration `step` is `fold_in(loop_key, step)` whatever the split of a
-  run into pieces.
-  """
-  params: Params  # surrogate params pytree
-  opt_state: optax.OptState
-  step: Array  # shape=(), int32: number of iterations taken
-  model_params: PyTree = ()  # learned model params (or ())
-  data_state: PyTree = ()  # vi_jax.minibatch.MinibatchState (or ())
-  criterion_state: PyTree = ()  # the convergence criterion's state (or ())
-  converged: Array = np.bool_(False)  # shape=(), bool: the criterion fired
-  num_nonfinite: Array = np.int32(0)  # shape=(), int32: skipped steps
-  num_consecutive_nonfinite: Array = np.int32(0)  # shape=(), int32
-
-
-class TraceableQuantities(NamedTuple):
-  """What one step exposes to `trace_fn` (tfp.math.minimize's convention)."""
-  loss: Array  # shape=(), the loss evaluated at `params` (e.g. -ELBO)
-  params: Params  # the params at which loss and grads were evaluated
-  grads: Params  # d loss / d params, same structure as params
-  step: Array  # shape=(), int32: index of this step
-  model_params: PyTree = ()  # model params at which loss was evaluated
-  model_grads: PyTree = ()  # d loss / d model_params
-  is_finite: Array = np.bool_(True)  # shape=(), bool: loss and grads finite
-  has_converged: Array = np.bool_(False)  # shape=(), bool: criterion fired
+_DEFAULT_LOSS = negative_elbo()  # one object, so the compile cache can hit
 
 
 class VIAlgorithm(NamedTuple):
@@ -99,19 +90,28 @@ class FitResult(NamedTuple):
   num_nonfinite: Array = None  # shape=(), int32: skipped steps in this fit
   diverged: Array = None  # shape=(), bool: stopped on consecutive non-finite
   trace_mask: Array = None  # [num_steps], bool: real rows of trace
+  skipped: Array = None  # [num_steps], bool: steps whose update was skipped
 
 
 def _default_trace_fn(tq: TraceableQuantities) -> Array:
   return tq.loss
 
 
-def _check_num_steps(num_steps) -> int:
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) and not (
-      hasattr(num_steps, "__index__") and not hasattr(num_steps, "shape")):
-    raise TypeError(f"num_steps must be a Python int >= 1; got {num_steps!r}.")
-  if int(num_steps) < 1:
-    raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
-  return int(num_steps)
+class _Spec(NamedTuple):
+  """A validated fit specification: what `_algorithm` composes."""
+  target: Any  # target_log_prob_fn
+  surrogate: Any
+  optimizer: optax.GradientTransformation
+  loss: LossFn
+  criterion: Optional[ConvergenceCriterion]
+  sample_size: int
+  model_params: Optional[PyTree]  # initial model params; None: not learned
+  data_spec: Any  # a minibatch.Batch of ShapeDtypeStructs; None: no data
+  n_rows: Optional[int]  # N
+  batch_size: Optional[int]  # rows per step
+  num_shards: int
+  skip_nonfinite: bool
+  max_nonfinite: Optional[int]
 
 
 def _check_surrogate(surrogate) -> None:
@@ -144,81 +144,91 @@ def _check_key(key) -> None:
         f"shape {key.shape}. To run several fits, jax.vmap over keys.")
 
 
-def _check_init_params(surrogate, key, init_params) -> None:
-  expected = jax.eval_shape(surrogate.init, key)
-  exp_struct = jax.tree_util.tree_structure(expected)
-  got_struct = jax.tree_util.tree_structure(init_params)
-  if exp_struct != got_struct:
-    raise ValueError(
-        "init_params must have the structure of surrogate.init(key): expected "
-        f"{exp_struct}, got {got_struct}.")
-  for e, g in zip(jax.tree_util.tree_leaves(expected),
-                  jax.tree_util.tree_leaves(init_params)):
-    if tuple(jnp.shape(g)) != tuple(e.shape):
-      raise ValueError(
-          "init_params leaf shapes must match surrogate.init(key): expected "
-          f"{jax.tree_util.tree_map(lambda s: s.shape, expected)}, got "
-          f"{jax.tree_util.tree_map(jnp.shape, init_params)}.")
+def _validate(target_log_prob_fn, surrogate, optimizer, *, sample_size, loss,
+              model_params, data, batch_size, num_shards,
+              convergence_criterion, skip_nonfinite,
+              max_consecutive_nonfinite) -> _Spec:
+  """Every argument of `build`, checked before anything is traced."""
+  callable_arg("target_log_prob_fn", target_log_prob_fn,
+               "a callable log density of one draw")
+  _check_surrogate(surrogate)
+  _check_optimizer(optimizer)
+  loss = _DEFAULT_LOSS if loss is None else callable_arg(
+      "loss", loss, "a LossFn, (target_log_prob_fn, surrogate, params, key, "
+      "sample_size) -> scalar")
+  if convergence_criterion is not None:
+    check_criterion(convergence_criterion)
+  if model_params is not None:
+    float_pytree("model_params", model_params)
+  num_shards = positive_int("num_shards", num_shards)
+  n_rows = rows = data_spec = None
+  if data is not None:
+    n_rows, rows = mb.check(data, batch_size, num_shards)
+    data_spec = mb.spec(data, rows)
+  elif batch_size is not None:
+    raise ValueError("batch_size was given without data.")
+  return _Spec(
+      target_log_prob_fn, surrogate, optimizer, loss, convergence_criterion,
+      positive_int("sample_size", sample_size), model_params, data_spec,
+      n_rows, rows, num_shards, bool(skip_nonfinite),
+      optional_positive_int("max_consecutive_nonfinite",
+                            max_consecutive_nonfinite))
 
 
-def _one_draw_fn(surrogate, key, init_params):
-  """`(draw, args)`: `draw(*args)` is one draw of the surrogate (no sample
-  axis), for `check_target`'s single `eval_shape`."""
-  params = init_params if init_params is not None else jax.eval_shape(
-      surrogate.init, key)
-
-  def draw(p):
-    z, _ = surrogate.sample_and_log_prob(p, key, 1)
-    return jax.tree_util.tree_map(lambda x: x[0], z)
-
-  return draw, (params,)
+def _without_data(inner):
+  def step(state, key, data=None):
+    del data
+    return inner(state, key, None)
+  return step
 
 
-def _with_model_params(surrogate: Surrogate) -> Surrogate:
-  """The surrogate over `(params, model_params)` with a point mass on the latter.
+def _algorithm(spec: _Spec) -> tuple[VIAlgorithm, Callable]:
+  """`(VIAlgorithm(init, step), loss_at)`: the composed step; `loss_at(state,
+  key, data)` is its loss alone (a forward pass, fit's initial check)."""
+  learn = spec.model_params is not None
 
-  Draws are `(model_params broadcast to [sample_size], z)` and `log_q` is the
-  surrogate's (a point mass contributes no density, TFP's Deterministic trick
-  for observed values); so any `LossFn` differentiates the target with respect
-  to the model params through its fused per-draw gradient.
-  """
+  def objective(trainable, key, batch):
+    params, mp = trainable if learn else (trainable, None)
+    target = spec.target
+    if learn or batch is not None:  # f([model_params,] [batch,] *z)
+      target = BoundTarget(spec.target, mp, batch)
+    return spec.loss(target, spec.surrogate, params, key, spec.sample_size)
 
-  def broadcast(mp, n):
-    return jax.tree_util.tree_map(
-        lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), mp)
+  step = core_step(objective, spec.optimizer, learn)
+  if spec.criterion is not None:
+    step = with_criterion(step, spec.criterion, learn)
+  step = with_nonfinite_guard(
+      step, skip_nonfinite=spec.skip_nonfinite,
+      max_consecutive_nonfinite=spec.max_nonfinite,
+      gated=spec.criterion is not None)
+  loss_only = lambda state, key, batch: (state, objective(
+      joint(state.params, state.model_params, learn), key, batch))
+  if spec.data_spec is not None:
+    step = with_minibatch(step, spec.batch_size, spec.num_shards)
+    loss_at = with_minibatch(loss_only, spec.batch_size, spec.num_shards)
+  else:
+    step, loss_at = _without_data(step), _without_data(loss_only)
 
-  def sample_and_log_prob(pm, key, sample_size):
-    z, log_q = surrogate.sample_and_log_prob(pm[0], key, sample_size)
-    return (broadcast(pm[1], sample_size), z), log_q
+  def init(key, init_params=None, init_model_params=None):
+    params = spec.surrogate.init(key) if init_params is None else init_params
+    mp = spec.model_params if init_model_params is None else init_model_params
+    mp = jax.tree_util.tree_map(jnp.asarray, mp) if learn else ()
+    trainable = joint(params, mp, learn)
+    criterion_state = ()
+    if spec.criterion is not None:
+      value = jax.eval_shape(objective, trainable, key, spec.data_spec)
+      criterion_state = criterion_state_spec(spec.criterion, value, trainable)
+    zero = jnp.zeros((), jnp.int32)
+    return VIState(
+        params=params, opt_state=spec.optimizer.init(trainable), step=zero,
+        model_params=mp, criterion_state=criterion_state,
+        data_state=(mb.init_state(spec.n_rows, spec.num_shards)
+                    if spec.data_spec is not None else ()),
+        converged=jnp.zeros((), bool), num_nonfinite=zero,
+        num_consecutive_nonfinite=zero)
 
-  def log_prob(pm, z):
-    return surrogate.log_prob(pm[0], z[1])
-
-  dist_fn = surrogate.distribution_fn
-  return surrogate._replace(
-      init=lambda key: (surrogate.init(key), ()),
-      sample_and_log_prob=sample_and_log_prob, log_prob=log_prob,
-      distribution_fn=None if dist_fn is None else (lambda pm: dist_fn(pm[0])))
-
-
-def _all_finite(value, tree) -> Array:
-  ok = jnp.isfinite(value)
-  for leaf in jax.tree_util.tree_leaves(tree):
-    ok = ok & jnp.all(jnp.isfinite(leaf))
-  return ok
-
-
-def _select(pred, new, old):
-  return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
-
-
-def _check_max_nonfinite(k):
-  if k is None:
-    return None
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ValueError(
-        f"max_consecutive_nonfinite must be None or a Python int >= 1; got {k!r}.")
-  return k
+  return VIAlgorithm(init=init, step=step), (
+      lambda state, key, data=None: loss_at(state, key, data)[1])
 
 
 def build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
@@ -272,150 +282,83 @@ def build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation
     TypeError / ValueError: bad `surrogate`, `optimizer`, `sample_size`,
       `data`/`batch_size`/`num_shards`, criterion or model params.
   """
-  return _build(
+  return _algorithm(_validate(
       target_log_prob_fn, surrogate, optimizer, sample_size=sample_size,
       loss=loss, model_params=model_params, data=data, batch_size=batch_size,
       num_shards=num_shards, convergence_criterion=convergence_criterion,
       skip_nonfinite=skip_nonfinite,
-      max_consecutive_nonfinite=max_consecutive_nonfinite)[0]
+      max_consecutive_nonfinite=max_consecutive_nonfinite))[0]
 
 
-def _build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
-          *, sample_size: int = 1, loss: Optional[LossFn] = None,
-          model_params: Optional[PyTree] = None, data: Optional[PyTree] = None,
-          batch_size: Optional[int] = None, num_shards: int = 1,
-          convergence_criterion: Optional[ConvergenceCriterion] = None,
-          skip_nonfinite: bool = True,
-          max_consecutive_nonfinite: Optional[int] = 10) -> VIAlgorithm:
-  """`build`, plus `loss_at(state, key, data)`: the step's loss only."""
-  _check_surrogate(surrogate)
-  _check_optimizer(optimizer)
-  sample_size = check_sample_size(sample_size)
-  loss_fn = loss if loss is not None else negative_elbo()
-  if not callable(loss_fn):
-    raise TypeError(f"loss must be a callable LossFn; got {loss_fn!r}.")
-  if convergence_criterion is not None:
-    check_criterion(convergence_criterion)
-  max_nonfinite = _check_max_nonfinite(max_consecutive_nonfinite)
-  learn_mp = model_params is not None
-  if learn_mp:
-    for leaf in jax.tree_util.tree_leaves(model_params):
-      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-        raise TypeError("model_params must be a pytree of float arrays; got a "
-                        f"leaf of dtype {jnp.result_type(leaf)}.")
-  uses_data = data is not None
-  if uses_data:
-    n_rows, rows_per_step = mb.check(data, batch_size, num_shards)
-  elif batch_size is not None:
-    raise ValueError("batch_size was given without data.")
-  aug_surrogate = _with_model_params(surrogate) if learn_mp else surrogate
+class _Program(NamedTuple):
+  """The compiled pieces of one fit (cached for top-level calls)."""
+  init: Callable  # jitted (key, init_params, model_params) -> VIState
+  run: Callable  # jitted (loop_key, state, data) -> (FitResult, (loss0, last))
+  reporter: Any  # vi_jax.progress.Reporter, or None
 
-  def objective(trainable, key, batch):
-    target = target_log_prob_fn
-    if batch is not None:
-      if learn_mp:
-        target = lambda mp, *a, **k: target_log_prob_fn(mp, batch, *a, **k)
-      else:
-        target = functools.partial(target_log_prob_fn, batch)
-    if learn_mp:
-      user = target
-      target = lambda mp, z: call_target(functools.partial(user, mp), z)
-    return loss_fn(target, aug_surrogate, trainable, key, sample_size)
 
-  value_and_grad = jax.value_and_grad(objective)
+def _make_program(spec, num_steps, trace_fn, trace_is_loss, settings,
+                  check_init) -> _Program:
+  alg, loss_at = _algorithm(spec)
+  reporter = (None if settings is None else
+              progress.make_reporter(settings, num_steps))
 
-  def init(key, init_params=None, init_model_params=None):
-    params = surrogate.init(key) if init_params is None else init_params
-    mp = init_model_params if init_model_params is not None else model_params
-    mp = jax.tree_util.tree_map(jnp.asarray, mp) if learn_mp else ()
-    trainable = (params, mp) if learn_mp else params
-    criterion_state = ()
-    if convergence_criterion is not None:
-      batch_spec = mb.spec(data, rows_per_step) if uses_data else None
-      value = jax.eval_shape(lambda t, b: objective(t, key, b), trainable,
-                             batch_spec)
-      spec = jax.eval_shape(convergence_criterion.init, value, trainable,
-                            trainable)
-      criterion_state = jax.tree_util.tree_map(
-          lambda s: jnp.zeros(s.shape, s.dtype), spec)
-    return VIState(
-        params=params, opt_state=optimizer.init(trainable),
-        step=jnp.zeros((), jnp.int32), model_params=mp,
-        data_state=mb.init_state(n_rows, num_shards) if uses_data else (),
-        criterion_state=criterion_state, converged=jnp.zeros((), bool),
-        num_nonfinite=jnp.zeros((), jnp.int32),
-        num_consecutive_nonfinite=jnp.zeros((), jnp.int32))
+  def run(loop_key, state0, data):
+    keys = jax.vmap(lambda i: jax.random.fold_in(loop_key, i))(
+        state0.step + jnp.arange(num_steps, dtype=jnp.int32))
+    # Same bits, unrolled Threefry on CPU (vi_jax._rng): no nested loop/step.
+    keys = unrolled_threefry_keys(keys)
+    if check_init:  # step 0's loss, value only (a forward pass, once)
+      loss0 = loss_at(state0, keys[0], data)
+      ok0 = jnp.isfinite(loss0)
+    else:  # under an outer jit/vmap/grad it could not raise anyway
+      floats = [l for l in jax.tree_util.tree_leaves(state0.params)
+                if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
+      loss0, ok0 = jnp.zeros((), jnp.result_type(*floats or [float])), None
+    out = loop.run(alg.step, state0, keys, data, trace_fn=trace_fn,
+                   trace_is_loss=trace_is_loss, reporter=reporter,
+                   stops_early=spec.criterion is not None,
+                   max_nonfinite=spec.max_nonfinite, loss0=loss0, ok0=ok0)
+    if reporter is not None and not check_init:
+      # Under an outer transformation the bar is closed from inside the
+      # program; a top-level call closes it on the host (one callback fewer).
+      reporter.finish(out.num_steps_taken, out.last_loss)
+    state = out.state
+    diverged = jnp.zeros((), bool)
+    if spec.max_nonfinite is not None:
+      diverged = state.num_consecutive_nonfinite >= spec.max_nonfinite
+    return FitResult(
+        params=state.params, trace=out.trace, state=state,
+        model_params=None if spec.model_params is None else state.model_params,
+        num_steps_taken=out.num_steps_taken, converged=state.converged,
+        num_nonfinite=state.num_nonfinite - state0.num_nonfinite,
+        diverged=diverged, trace_mask=out.mask,
+        skipped=out.skipped), (loss0, out.last_loss)
 
-  def step(state, key, data=None):
-    if uses_data:
-      if data is None:
-        raise ValueError("this algorithm was built with data: pass "
-                         "step(state, key, data).")
-      key, batch_key = jax.random.split(key)
-      batch, data_state = mb.draw(state.data_state, batch_key, data,
-                                  rows_per_step, num_shards)
-    else:
-      batch, data_state = None, state.data_state
-    trainable = (state.params, state.model_params) if learn_mp else state.params
-    value, grads = value_and_grad(trainable, key, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    converged, criterion_state = state.converged, state.criterion_state
-    fired = jnp.zeros((), bool)
-    if convergence_criterion is not None:
-      first = state.step == 0
-      c_init = convergence_criterion.init(value, grads, new_trainable)
-      fired, c_next = convergence_criterion.update(
-          state.step, value, grads, new_trainable, state.criterion_state)
-      c_next = _select(first, c_init, c_next)
-      fired = jnp.asarray(fired, bool) & ~first
-    active = ~state.converged
-    if max_nonfinite is not None:
-      active = active & (state.num_consecutive_nonfinite < max_nonfinite)
-    num_nonfinite = state.num_nonfinite
-    consecutive = state.num_consecutive_nonfinite
-    if skip_nonfinite:
-      finite = _all_finite(value, grads)
-      ok = finite & active
-      new_trainable = _select(ok, new_trainable, trainable)
-      opt_state = _select(ok, opt_state, state.opt_state)
-      num_nonfinite = num_nonfinite + (active & ~finite).astype(jnp.int32)
-      consecutive = jnp.where(active, jnp.where(finite, 0, consecutive + 1),
-                              consecutive).astype(jnp.int32)
-    else:
-      finite = jnp.ones((), bool)
-      ok = active
-      if max_nonfinite is not None or convergence_criterion is not None:
-        new_trainable = _select(ok, new_trainable, trainable)
-        opt_state = _select(ok, opt_state, state.opt_state)
-    if convergence_criterion is not None:
-      fired = fired & ok
-      criterion_state = _select(ok, c_next, state.criterion_state)
-      converged = converged | fired
-    params, mp = new_trainable if learn_mp else (new_trainable, ())
-    g, mg = grads if learn_mp else (grads, ())
-    info = TraceableQuantities(
-        loss=value, params=state.params, grads=g, step=state.step,
-        model_params=state.model_params, model_grads=mg, is_finite=finite,
-        has_converged=fired)
-    new_state = VIState(
-        params=params, opt_state=opt_state, step=state.step + 1,
-        model_params=mp, data_state=data_state,
-        criterion_state=criterion_state, converged=converged,
-        num_nonfinite=num_nonfinite, num_consecutive_nonfinite=consecutive)
-    return new_state, info
+  return _Program(jax.jit(alg.init), jax.jit(run), reporter)
 
-  def loss_at(state, key, data=None):
-    """The step's loss only (no gradient): fit's check at initialization."""
-    batch = None
-    if uses_data:
-      key, batch_key = jax.random.split(key)
-      batch, _ = mb.draw(state.data_state, batch_key, data, rows_per_step,
-                         num_shards)
-    trainable = (state.params, state.model_params) if learn_mp else state.params
-    return objective(trainable, key, batch)
 
-  return VIAlgorithm(init=init, step=step), loss_at
+def _signature(tree) -> tuple:
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return treedef, tuple((tuple(jnp.shape(l)), str(jnp.result_type(l)))
+                        for l in leaves)
+
+
+def _program(spec, num_steps, trace_fn, trace_is_loss, settings,
+             check_init) -> _Program:
+  """The program of this fit; a top-level call reuses an identical one."""
+  make = lambda: _make_program(spec, num_steps, trace_fn, trace_is_loss,
+                               settings, check_init)
+  if not check_init:  # under an outer trace: the caller's jit caches
+    return make()
+  objects = (spec.target, spec.surrogate, spec.optimizer, spec.loss,
+             spec.criterion, trace_fn, getattr(settings, "file", None))
+  static = (num_steps, spec.sample_size, spec.n_rows, spec.batch_size,
+            spec.num_shards, spec.skip_nonfinite, spec.max_nonfinite,
+            trace_is_loss, None if settings is None else settings._replace(
+                file=None), _signature(spec.model_params),
+            _signature(spec.data_spec))
+  return compile_cache.cached(objects, static, make)
 
 
 def _trace_state_clean() -> bool:
@@ -432,23 +375,66 @@ def _is_traced(*trees) -> bool:
              for l in jax.tree_util.tree_leaves(trees))
 
 
-def _check_init_state(alg, key, init_state, data) -> None:
-  if not isinstance(init_state, VIState):
-    raise TypeError("init_state must be a VIState (a previous "
-                    f"FitResult.state); got {type(init_state).__name__}.")
-  expected = jax.eval_shape(alg.init, key)
+def _check_matches(name, expected, given, hint) -> None:
+  """`given` has the pytree structure and leaf shapes of `expected`."""
   e_struct = jax.tree_util.tree_structure(expected)
-  g_struct = jax.tree_util.tree_structure(init_state)
+  g_struct = jax.tree_util.tree_structure(given)
   if e_struct != g_struct:
-    raise ValueError(
-        "init_state does not match this fit's loop state (same surrogate, "
+    raise ValueError(f"{name} {hint}: expected the structure {e_struct}, got "
+                     f"{g_struct}.")
+  shape = lambda tree: jax.tree_util.tree_map(lambda x: tuple(jnp.shape(x)),
+                                              tree)
+  if shape(expected) != shape(given):
+    raise ValueError(f"{name} {hint}: expected leaf shapes {shape(expected)}, "
+                     f"got {shape(given)}.")
+
+
+def _check_start(spec, key, init_params, init_state) -> Optional[Params]:
+  """Checks `init_params` / `init_state`; returns the params to start from."""
+  if init_state is not None:
+    if init_params is not None:
+      raise ValueError("give init_params or init_state, not both.")
+    if not isinstance(init_state, VIState):
+      raise TypeError("init_state must be a VIState (a previous "
+                      f"FitResult.state); got {type(init_state).__name__}.")
+    _check_matches(
+        "init_state", jax.eval_shape(_algorithm(spec)[0].init, key),
+        init_state, "does not match this fit's loop state (same surrogate, "
         "optimizer, model_params, data and convergence_criterion are needed "
-        f"to resume): expected {e_struct}, got {g_struct}.")
-  for e, g in zip(jax.tree_util.tree_leaves(expected),
-                  jax.tree_util.tree_leaves(init_state)):
-    if tuple(e.shape) != tuple(jnp.shape(g)):
-      raise ValueError("init_state leaf shapes differ from this fit's loop "
-                       f"state: {tuple(jnp.shape(g))} vs {tuple(e.shape)}.")
+        "to resume)")
+    return init_state.params
+  if init_params is not None:
+    _check_matches(
+        "init_params", jax.eval_shape(spec.surrogate.init, key), init_params,
+        "must be params of this surrogate, shaped like surrogate.init(key) "
+        "(e.g. full-rank params do not fit a mean-field surrogate)")
+    float_pytree("init_params", init_params)
+  return init_params
+
+
+def _check_target_call(spec, key, params) -> None:
+  """One trace of the target on one surrogate draw, by the calling rule."""
+  if params is None:
+    params = jax.eval_shape(spec.surrogate.init, key)
+
+  def draw(p):
+    z, _ = spec.surrogate.sample_and_log_prob(p, key, 1)
+    return jax.tree_util.tree_map(lambda x: x[0], z)
+
+  mp = None if spec.model_params is None else jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+      spec.model_params)
+  check_target(spec.target, draw=draw, draw_args=(params,), model_params=mp,
+               batch=spec.data_spec,
+               check_scale=spec.data_spec is not None and
+               spec.batch_size < spec.n_rows)
+
+
+def _resolve_trace_fn(trace_fn) -> tuple[Callable, bool]:
+  if trace_fn is None or trace_fn is _default_trace_fn:
+    return _default_trace_fn, True
+  return callable_arg("trace_fn", trace_fn,
+                      "None or a callable TraceableQuantities -> pytree"), False
 
 
 def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
@@ -533,212 +519,86 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     tfp.vi.fit_surrogate_posterior_stateless; tfp.math.minimize (criteria,
     trace padding); blackjax.vi.meanfield_vi; numpyro.infer.SVI.run.
   """
-  num_steps = _check_num_steps(num_steps)
+  num_steps = positive_int("num_steps", num_steps)
   _check_key(key)
+  spec = _validate(
+      target_log_prob_fn, surrogate, optimizer, sample_size=sample_size,
+      loss=loss, model_params=model_params, data=data, batch_size=batch_size,
+      num_shards=num_shards, convergence_criterion=convergence_criterion,
+      skip_nonfinite=skip_nonfinite,
+      max_consecutive_nonfinite=max_consecutive_nonfinite)
+  trace_fn, trace_is_loss = _resolve_trace_fn(trace_fn)
+  _check_target_call(spec, key, _check_start(spec, key, init_params,
+                                             init_state))
   if progress_bar is None and _is_traced(key):
     progress_bar = False  # default: no bar inside an outer jit/vmap
   settings = progress.resolve_progress_bar(progress_bar)
-  alg, loss_at = _build(target_log_prob_fn, surrogate, optimizer,
-              sample_size=sample_size, loss=loss, model_params=model_params,
-              data=data, batch_size=batch_size, num_shards=num_shards,
-              convergence_criterion=convergence_criterion,
-              skip_nonfinite=skip_nonfinite,
-              max_consecutive_nonfinite=max_consecutive_nonfinite)
-  if init_state is not None:
-    if init_params is not None:
-      raise ValueError("give init_params or init_state, not both.")
-    _check_init_state(alg, key, init_state, data)
-    z_params = init_state.params
-  else:
-    if init_params is not None:
-      _check_init_params(surrogate, key, init_params)
-    z_params = init_params
-  draw, draw_args = _one_draw_fn(surrogate, key, z_params)
-  lead = []
-  if model_params is not None:
-    lead.append(jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-        model_params))
-  if data is not None:
-    lead.append(mb.spec(data, mb.check(data, batch_size, num_shards)[1]))
-  if lead:
-    check_target(target_log_prob_fn, None,
-                 extra_call=lambda lz: call_target(
-                     functools.partial(target_log_prob_fn, *lz[0]), lz[1]),
-                 draw=lambda p, lv: (lv, draw(p)),
-                 draw_args=draw_args + (tuple(lead),))
-  else:
-    check_target(target_log_prob_fn, None, draw=draw, draw_args=draw_args)
-  trace_is_loss = trace_fn is None or trace_fn is _default_trace_fn
-  trace_fn = trace_fn or _default_trace_fn
-  init_key, loop_key = jax.random.split(key)
-  reporter = None
-  if settings is not None:
-    reporter = progress.make_reporter(settings, num_steps)
-
-  # The check of the initial loss runs only for a top-level call (not under an
-  # outer jit/vmap/grad, where it could not raise anyway): a forward pass of
-  # the loss, then the loop under a lax.cond. Under outer transformations a
-  # target may close over their tracers, which a forward-only pass of the
-  # fused-gradient target would not accept.
+  # The initial loss is checked (and the program cached) only for a top-level
+  # call: under an outer jit/vmap/grad it could not raise anyway.
   check_init = _trace_state_clean()
-  loss_dtype = jnp.result_type(*[
-      l for l in jax.tree_util.tree_leaves(jax.eval_shape(
-          surrogate.init, key) if z_params is None else z_params)
-      if jnp.issubdtype(jnp.result_type(l), jnp.floating)] or [float])
-
-  def run(init_key, loop_key, init_params, init_state, data):
-    state0 = (init_state if init_state is not None else
-              alg.init(init_key, init_params))
-    keys = jax.vmap(lambda i: jax.random.fold_in(loop_key, i))(
-        state0.step + jnp.arange(num_steps, dtype=jnp.int32))
-    # Same bits, unrolled Threefry on CPU (vi_jax._rng): no nested loop/step.
-    keys = unrolled_threefry_keys(keys)
-    if check_init:  # step 0's loss, value only (a forward pass, once)
-      loss0 = loss_at(state0, keys[0], data)
-      ok0 = jnp.isfinite(loss0)
-    else:
-      loss0 = jnp.zeros((), loss_dtype)
-      ok0 = jnp.ones((), bool)
-    # trace_fn's output structure from stand-in quantities (gradients have
-    # the params' shapes); dead code in the compiled program.
-    fake = TraceableQuantities(
-        loss=loss0, params=state0.params, grads=state0.params,
-        step=state0.step, model_params=state0.model_params,
-        model_grads=state0.model_params, is_finite=ok0, has_converged=ok0)
-    trace_spec = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-        trace_fn(fake))
-
-    def zeros_trace():
-      return jax.tree_util.tree_map(
-          lambda s: jnp.zeros((num_steps,) + s.shape, s.dtype), trace_spec)
-
-    if convergence_criterion is None:
-
-      def body(state, ik):
-        _, k = ik
-        active = ~state.converged
-        if max_consecutive_nonfinite is not None:
-          active = active & (state.num_consecutive_nonfinite <
-                             max_consecutive_nonfinite)
-        state, tq = alg.step(state, k, data)
-        trace = trace_fn(tq)
-        # The default trace is the loss itself: no second [num_steps] buffer.
-        return state, ((trace, active) if trace_is_loss else
-                       (trace, active, tq.loss))
-
-      def loop(state):
-        idx = jnp.arange(num_steps, dtype=jnp.int32)
-        if reporter is None:
-          state, ys = jax.lax.scan(body, state, (idx, keys))
-        else:  # chunks of `every` steps, one bar update between chunks
-          every = reporter.every
-          n_chunks, head = num_steps // every, num_steps // every * every
-          parts = []
-          if n_chunks:
-
-            def chunk(carry, iks):
-              state, next_report = carry
-              state, ys = jax.lax.scan(body, state, iks)
-              next_report = reporter.maybe_report(iks[0][-1] + 1, ys[2 - trace_is_loss * 2][-1],
-                                                  next_report)
-              return (state, next_report), ys
-
-            (state, _), ys = jax.lax.scan(
-                chunk, (state, jnp.asarray(every, jnp.int32)),
-                jax.tree_util.tree_map(
-                    lambda x: x[:head].reshape((n_chunks, every) + x.shape[1:]),
-                    (idx, keys)))
-            parts.append(jax.tree_util.tree_map(
-                lambda y: y.reshape((head,) + y.shape[2:]), ys))
-          if head < num_steps:
-            state, ys = jax.lax.scan(body, state, (idx[head:], keys[head:]))
-            parts.append(ys)
-          ys = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
-              lambda *a: jnp.concatenate(a), *parts)
-        trace, mask, losses = ys if len(ys) == 3 else (ys[0], ys[1], ys[0])
-        taken = jnp.sum(mask.astype(jnp.int32)).astype(jnp.int32)
-        last = losses[jnp.maximum(taken - 1, 0)]
-        return state, trace, taken, last
-    else:
-
-      def cond(carry):
-        state, _, i, _, _ = carry
-        go = (i < num_steps) & ~state.converged
-        if max_consecutive_nonfinite is not None:
-          go = go & (state.num_consecutive_nonfinite <
-                     max_consecutive_nonfinite)
-        return go
-
-      def wbody(carry):
-        state, trace, i, _, next_report = carry
-        state, tq = alg.step(state, keys[i], data)
-        if reporter is not None:
-          next_report = reporter.maybe_report(i + 1, tq.loss, next_report)
-        trace = jax.tree_util.tree_map(
-            lambda buf, v: jax.lax.dynamic_update_index_in_dim(
-                buf, v.astype(buf.dtype), i, 0), trace, trace_fn(tq))
-        return state, trace, i + 1, tq.loss.astype(loss0.dtype), next_report
-
-      def loop(state):
-        first = reporter.every if reporter is not None else 0
-        state, trace, taken, last, _ = jax.lax.while_loop(
-            cond, wbody,
-            (state, zeros_trace(), jnp.zeros((), jnp.int32), loss0,
-             jnp.asarray(first, jnp.int32)))
-        return state, trace, taken, last
-
-    def skip(state):
-      return state, zeros_trace(), jnp.zeros((), jnp.int32), loss0
-
-    if check_init:
-      state, trace, taken, last = jax.lax.cond(ok0, loop, skip, state0)
-    else:
-      state, trace, taken, last = loop(state0)
-    if reporter is not None and not check_init:
-      # Under an outer transformation the bar is closed from inside the
-      # program; a top-level call closes it on the host after the run (one
-      # callback fewer).
-      reporter.finish(taken, last)
-    mask = jnp.arange(num_steps) < taken
-    trace = jax.tree_util.tree_map(
-        lambda t: jnp.where(mask.reshape((-1,) + (1,) * (t.ndim - 1)), t,
-                            t[jnp.maximum(taken - 1, 0)]), trace)
-    diverged = jnp.zeros((), bool)
-    if max_consecutive_nonfinite is not None:
-      diverged = state.num_consecutive_nonfinite >= max_consecutive_nonfinite
-    result = FitResult(
-        params=state.params, trace=trace, state=state,
-        model_params=state.model_params if model_params is not None else None,
-        num_steps_taken=taken, converged=state.converged,
-        num_nonfinite=state.num_nonfinite - state0.num_nonfinite,
-        diverged=diverged, trace_mask=mask)
-    return result, (loss0, last)
-
+  program = _program(spec, num_steps, trace_fn, trace_is_loss, settings,
+                     check_init)
+  init_key, loop_key = jax.random.split(key)
   if init_state is None:
     # Initialized in a program of its own, so that a fresh fit and a resumed
     # one run the same compiled loop (bit-identical resumption).
-    init_state = jax.jit(alg.init)(init_key, init_params)
-  result, (loss0, last_loss) = jax.jit(run)(init_key, loop_key, init_params,
-                                            init_state, data)
+    init_state = program.init(init_key, init_params, model_params)
+  result, (loss0, last_loss) = program.run(loop_key, init_state, data)
+  _host_checks(program.reporter, result, loss0, last_loss, spec, data,
+               check_init)
+  return result
+
+
+def _nonfinite_rows(data) -> np.ndarray:
+  """[N] bool (host): rows of `data` holding a non-finite value."""
+  bad = 0
+  for leaf in jax.tree_util.tree_leaves(data):
+    x = np.asarray(leaf)
+    if np.issubdtype(x.dtype, np.inexact):
+      bad = bad | ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+  return np.asarray(bad, bool)
+
+
+def _data_note(data) -> str:
+  if data is None:
+    return ""
+  rows = _nonfinite_rows(data)
+  if not rows.any():
+    return " The data is finite."
+  return (f" The data holds {int(rows.sum())} rows with non-finite values "
+          f"(the first is row {int(np.argmax(rows))}): steps whose minibatch "
+          "draws them see a non-finite loss.")
+
+
+def _host_checks(reporter, result, loss0, last_loss, spec, data,
+                 check_init) -> None:
+  """After a top-level run: close the bar, then raise or warn honestly."""
   if reporter is not None:
     jax.effects_barrier()
     if check_init and not _is_traced(last_loss):
       reporter.host(result.num_steps_taken, last_loss, True)
     reporter.host.close()
-  if check_init and not _is_traced(loss0):
-    if not bool(jnp.isfinite(loss0)):
-      raise FloatingPointError(
-          f"vi.fit: the loss at the initial params is {float(loss0)} (not "
-          "finite), so the loop was not run. Check target_log_prob_fn at the "
-          "surrogate's initial draws (supports, bijectors, init_params / "
-          "model_params).")
-    if bool(result.diverged):
-      warnings.warn(
-          f"vi.fit stopped at step {int(result.num_steps_taken)}: "
-          f"{max_consecutive_nonfinite} consecutive steps had a non-finite "
-          f"loss or gradient ({int(result.num_nonfinite)} skipped in all); "
-          "the returned params are the last finite ones.", RuntimeWarning,
-          stacklevel=2)
-  return result
+  if not check_init or _is_traced(loss0):
+    return
+  if not bool(jnp.isfinite(loss0)):
+    where = (_data_note(data) if data is not None and _nonfinite_rows(
+        data).any() else " Check target_log_prob_fn at the surrogate's "
+             "initial draws (supports, bijectors, init_params / model_params).")
+    raise FloatingPointError(
+        f"vi.fit: the loss at the initial params is {float(loss0)} (not "
+        f"finite), so the loop was not run.{where}")
+  skipped = int(result.num_nonfinite)
+  if not skipped:
+    return
+  first = int(np.argmax(np.asarray(result.skipped)))
+  what = (f"{skipped} steps had a non-finite loss, gradient or updated params "
+          f"and were skipped (the first at step {first} of this fit; "
+          "FitResult.skipped marks them)")
+  if bool(result.diverged):
+    message = (f"vi.fit stopped at step {int(result.num_steps_taken)}: "
+               f"{spec.max_nonfinite} consecutive steps had a non-finite loss "
+               f"or gradient; in all {what}. The returned params are the last "
+               "finite ones.")
+  else:
+    message = f"vi.fit: {what}; the returned params are finite."
+  warnings.warn(message + _data_note(data), RuntimeWarning, stacklevel=3)

@@ -40,7 +40,9 @@ import tensorflow_probability.substrates.jax as tfp
 
 from vi_jax import csiszar
 from vi_jax._types import Array, LossFn
-from vi_jax.target import batched_log_prob, call_target
+from vi_jax._validation import callable_arg
+from vi_jax._validation import positive_int
+from vi_jax.target import batched_target
 
 __all__ = [
     "GRADIENT_ESTIMATORS",
@@ -63,15 +65,9 @@ GRADIENT_ESTIMATORS = (REPARAMETERIZATION, SCORE_FUNCTION,
 stop = jax.lax.stop_gradient
 
 
-def target_log_prob_batched(target_log_prob_fn):
-  """`z (leading [n]) -> log p: [n]`, the target vmapped with fused gradients.
-
-  See `vi_jax.target.batched_log_prob`: differentiating it costs one
-  `vmap(value_and_grad(target))`, the bare kernel.
-  """
-  batched = batched_log_prob(
-      lambda z, extra: call_target(target_log_prob_fn, z))
-  return lambda z: batched(z, ())
+# `z (leading [n]) -> log p: [n]`, the target vmapped with fused gradients
+# (`vi_jax.target.batched_target`; kept here under its historical name).
+target_log_prob_batched = batched_target
 
 
 # Validation and shared machinery.
@@ -101,19 +97,6 @@ def _resolve_estimator(gradient_estimator, surrogate, loss_name) -> str:
   return gradient_estimator
 
 
-def _check_positive_int(name, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be a Python int >= 1; got {value!r}.")
-  if int(value) < 1:
-    raise ValueError(f"{name} must be >= 1; got {value}.")
-  return int(value)
-
-
-def _check_callable(name, value) -> None:
-  if not callable(value):
-    raise TypeError(f"{name} must be callable; got {value!r}.")
-
-
 def _log_mean_exp(x: Array, axis: int) -> Array:
   return jax.nn.logsumexp(x, axis=axis) - math.log(x.shape[axis])
 
@@ -126,6 +109,13 @@ def _draw(surrogate, params, key, n, estimator):
     z = jax.tree_util.tree_map(stop, z)
     log_q = surrogate.log_prob(params, z)
   return z, log_q
+
+
+def _draw_and_log_p(target_log_prob_fn, surrogate, params, key, n, estimator):
+  """The path every target-based loss shares: `(z, log_p, log_q)` for n draws,
+  log p by the fused batched target (`vi_jax.target.batched_target`)."""
+  z, log_q = _draw(surrogate, params, key, n, estimator)
+  return z, batched_target(target_log_prob_fn)(z), log_q
 
 
 def score_function_objective(values: Array, score: Array) -> Array:
@@ -196,17 +186,17 @@ def monte_carlo_variational_loss(
     Salakhutdinov 2016 (IWAE); Roeder, Wu & Duvenaud 2017; Tucker, Lawson, Gu &
     Maddison 2018 (DReG).
   """
-  _check_callable("discrepancy_fn", discrepancy_fn)
-  k = _check_positive_int("importance_sample_size", importance_sample_size)
+  callable_arg("discrepancy_fn", discrepancy_fn)
+  k = positive_int("importance_sample_size", importance_sample_size)
   requested = _check_estimator(gradient_estimator, GRADIENT_ESTIMATORS,
                                "monte_carlo_variational_loss")
 
   def loss(target_log_prob_fn, surrogate, params, key, sample_size):
     estimator = _resolve_estimator(requested, surrogate,
                                    "monte_carlo_variational_loss")
-    s = _check_positive_int("sample_size", sample_size)
-    z, log_q = _draw(surrogate, params, key, s * k, estimator)
-    log_p = target_log_prob_batched(target_log_prob_fn)(z)
+    s = positive_int("sample_size", sample_size)
+    z, log_p, log_q = _draw_and_log_p(target_log_prob_fn, surrogate, params,
+                                      key, s * k, estimator)
     if estimator == DOUBLY_REPARAMETERIZED:
       log_q_stopped = surrogate.log_prob(stop(params), z)
       if k == 1:  # Sticking the landing.
@@ -328,17 +318,17 @@ def renyi(alpha: float, importance_sample_size: Optional[int] = None, *,
   alpha = float(alpha)
   if not math.isfinite(alpha):
     raise ValueError(f"alpha must be finite; got {alpha}.")
-  k = (None if importance_sample_size is None else _check_positive_int(
+  k = (None if importance_sample_size is None else positive_int(
       "importance_sample_size", importance_sample_size))
   requested = _check_estimator(gradient_estimator,
                                (REPARAMETERIZATION, SCORE_FUNCTION), "renyi")
 
   def loss(target_log_prob_fn, surrogate, params, key, sample_size):
     estimator = _resolve_estimator(requested, surrogate, "renyi")
-    s = _check_positive_int("sample_size", sample_size)
+    s = positive_int("sample_size", sample_size)
     groups, size = (1, s) if k is None else (s, k)
-    z, log_q = _draw(surrogate, params, key, groups * size, estimator)
-    log_p = target_log_prob_batched(target_log_prob_fn)(z)
+    _, log_p, log_q = _draw_and_log_p(target_log_prob_fn, surrogate, params,
+                                      key, groups * size, estimator)
     log_w = jnp.reshape(log_p - log_q, (groups, size))
     if alpha == 1.:
       bound = jnp.mean(log_w, axis=1)
@@ -383,12 +373,12 @@ def forward_kl() -> LossFn:
   """
 
   def loss(target_log_prob_fn, surrogate, params, key, sample_size):
-    s = _check_positive_int("sample_size", sample_size)
+    s = positive_int("sample_size", sample_size)
     if s < 2:
       raise ValueError("forward_kl uses self-normalized importance sampling "
                        f"and needs sample_size >= 2; got {s}.")
-    z, log_q = _draw(surrogate, params, key, s, SCORE_FUNCTION)  # z stopped.
-    log_p = target_log_prob_batched(target_log_prob_fn)(z)
+    _, log_p, log_q = _draw_and_log_p(  # z stopped: score-function draws.
+        target_log_prob_fn, surrogate, params, key, s, SCORE_FUNCTION)
     log_w = stop(log_p - log_q)
     weights = jax.nn.softmax(log_w)
     value = jnp.sum(weights * log_w) - _log_mean_exp(log_w, axis=0)
@@ -466,7 +456,7 @@ def analytic_kl_elbo(prior: Any, log_likelihood_fn: Callable, *,
     (Bayes by backprop); Higgins et al. 2017 (beta-VAE); Tran et al. 2016,
     Edward `ed.KLqp` (analytic KL and `kl_scaling`).
   """
-  _check_callable("log_likelihood_fn", log_likelihood_fn)
+  callable_arg("log_likelihood_fn", log_likelihood_fn)
   prior_leaves, prior_def = jax.tree_util.tree_flatten(
       prior, is_leaf=_is_distribution)
   if not prior_leaves or not all(_is_distribution(d) for d in prior_leaves):
@@ -488,12 +478,12 @@ def analytic_kl_elbo(prior: Any, log_likelihood_fn: Callable, *,
   requested = _check_estimator(gradient_estimator,
                                (REPARAMETERIZATION, SCORE_FUNCTION),
                                "analytic_kl_elbo")
-  log_lik_batched = target_log_prob_batched(log_likelihood_fn)
+  log_lik_batched = batched_target(log_likelihood_fn)
 
   def loss(target_log_prob_fn, surrogate, params, key, sample_size):
     del target_log_prob_fn  # The loss uses prior and log_likelihood_fn.
     estimator = _resolve_estimator(requested, surrogate, "analytic_kl_elbo")
-    s = _check_positive_int("sample_size", sample_size)
+    s = positive_int("sample_size", sample_size)
     z, log_q = _draw(surrogate, params, key, s, estimator)
     z_leaves = [z] if single else prior_def.flatten_up_to(z)
     dist_fn = getattr(surrogate, "distribution_fn", None)

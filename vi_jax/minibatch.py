@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from vi_jax._types import Array, PRNGKey, PyTree
+from vi_jax._validation import integer
+from vi_jax._validation import positive_int
 
 __all__ = ["Batch", "MinibatchState", "scaled_log_prob", "num_rows"]
 
@@ -83,18 +85,14 @@ def num_rows(data: PyTree) -> int:
 def check(data, batch_size, num_shards) -> tuple[int, int]:
   """Validates the minibatch settings; returns (N, B)."""
   n = num_rows(data)
-  if isinstance(num_shards, bool) or not isinstance(num_shards, int) or (
-      num_shards < 1):
-    raise ValueError(f"num_shards must be a Python int >= 1; got {num_shards!r}.")
+  num_shards = positive_int("num_shards", num_shards)
   if n % num_shards:
     raise ValueError(f"data has N={n} rows, not divisible by num_shards="
                      f"{num_shards}.")
   if batch_size is None:
     return n, n
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
-      1 <= batch_size <= n):
-    raise ValueError(
-        f"batch_size must be a Python int in [1, N={n}]; got {batch_size!r}.")
+  batch_size = integer(f"batch_size (data has N={n} rows)", batch_size,
+                       maximum=n)
   if batch_size % num_shards:
     raise ValueError(f"batch_size={batch_size} must be divisible by "
                      f"num_shards={num_shards}.")
@@ -155,3 +153,25 @@ def spec(data: PyTree, batch_size: int) -> Any:
       lambda x: jax.ShapeDtypeStruct((batch_size,) + jnp.shape(x)[1:],
                                      jnp.result_type(x)), data)
   return Batch(rows, jax.ShapeDtypeStruct((), jnp.result_type(float)))
+
+
+def with_minibatch(inner, batch_size: int, num_shards: int):
+  """Wraps a step (`vi_jax.step.StepFn`) so that it draws its own rows.
+
+  The wrapped step is `(state, key, data) -> (state, quantities)`: it splits
+  `key`, draws the next `batch_size` rows of `data` (owning
+  `VIState.data_state`; the position advances even when the update is
+  rejected) and calls `inner(state, key, Batch)`.
+  """
+
+  def step(state, key, data=None):
+    if data is None:
+      raise ValueError("this algorithm was built with data: pass "
+                       "step(state, key, data).")
+    key, batch_key = jax.random.split(key)
+    batch, data_state = draw(state.data_state, batch_key, data, batch_size,
+                             num_shards)
+    proposed, info = inner(state, key, batch)
+    return proposed._replace(data_state=data_state), info
+
+  return step

@@ -15,33 +15,44 @@ it stays differentiable to any order. The rule first materializes the draws
 once per data element in every fusion of the target that reads them.
 """
 
-from typing import Any, Callable
+import functools
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
-import numpy as np
 
 from vi_jax._types import Array, PyTree, TargetLogProbFn
 
-__all__ = ["call_target", "batched_log_prob", "check_target"]
+__all__ = [
+    "BoundTarget",
+    "batched_log_prob",
+    "batched_target",
+    "call_target",
+    "check_target",
+]
 
 
-def call_target(target_log_prob_fn: TargetLogProbFn, z: PyTree) -> Array:
+def call_target(target_log_prob_fn: TargetLogProbFn, z: PyTree,
+                lead: tuple = ()) -> Array:
   """Calls `target_log_prob_fn` on one draw with TFP's convention.
 
   Args:
     target_log_prob_fn: the user's log density of one draw.
-    z: one draw: a dict (called as `f(**z)`), a tuple/list (`f(*z)`), or an
-      array (`f(z)`).
+    z: one draw: a dict (called as `f(*lead, **z)`), a tuple/list
+      (`f(*lead, *z)`), or an array (`f(*lead, z)`).
+    lead: leading positional arguments (model params, a minibatch), see
+      `BoundTarget`.
 
   Returns:
     What the target returns (a scalar for a well-formed target).
   """
   if isinstance(z, dict):
-    return target_log_prob_fn(**z)
+    return target_log_prob_fn(*lead, **z)
   if isinstance(z, (tuple, list)):
-    return target_log_prob_fn(*z)
-  return target_log_prob_fn(z)
+    return target_log_prob_fn(*lead, *z)
+  return target_log_prob_fn(*lead, z)
 
 
 def _is_float(x) -> bool:
@@ -75,6 +86,86 @@ def materialize(tree):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+class BoundTarget(NamedTuple):
+  """A target with its leading arguments bound: the one calling rule.
+
+  `target_log_prob_fn` is called as `f([model_params,] [batch,] *z)`: model
+  params first when they are learned, then the step's minibatch when there is
+  data, then the draw by TFP's convention (`call_target`). `vi.fit` hands its
+  loss a `BoundTarget`; calling it on one draw's latents evaluates the
+  target, and `batched_target` passes `model_params` through the fused
+  gradient's `extra` argument, so the loss differentiates the target with
+  respect to them in the same pass as the draws.
+  """
+  fn: TargetLogProbFn  # the user's target_log_prob_fn
+  model_params: Any = None  # pytree of float arrays, or None (not learned)
+  batch: Any = None  # a vi_jax.minibatch.Batch, or None (no data)
+
+  def lead(self, model_params=None) -> tuple:
+    """The leading arguments, with `model_params` in place of the bound ones."""
+    mp = self.model_params if model_params is None else model_params
+    return tuple(x for x, used in ((mp, self.model_params is not None),
+                                   (self.batch, self.batch is not None)) if used)
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*self.lead(), *args, **kwargs)
+
+
+def batched_target(target_log_prob_fn) -> Callable[[PyTree], Array]:
+  """`z (leading [n]) -> log p: [n]`, the target vmapped with fused gradients.
+
+  Differentiating it costs one `vmap(value_and_grad(target))`, the bare
+  kernel; for a `BoundTarget` the gradient with respect to its model params
+  comes from the same pass (they are the `extra` of `batched_log_prob`).
+  """
+  if isinstance(target_log_prob_fn, BoundTarget):
+    bound = target_log_prob_fn
+    batched = batched_log_prob(
+        lambda z, mp: call_target(bound.fn, z, bound.lead(mp)))
+    extra = bound.model_params if bound.model_params is not None else ()
+    return lambda z: batched(z, extra)
+  batched = batched_log_prob(lambda z, extra: call_target(target_log_prob_fn, z))
+  return lambda z: batched(z, ())
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _fused(log_prob_fn, z, extra):
+  return jax.vmap(log_prob_fn, in_axes=(0, None))(z, extra)
+
+
+def _fused_jvp(log_prob_fn, primals, tangents):
+  """One `vmap(value_and_grad)` over the draws, differentiating only the
+  arguments whose tangent is not a symbolic zero (a closed-over array that
+  is not being differentiated costs nothing)."""
+  z, extra = primals
+  flat, treedef = jax.tree_util.tree_flatten((materialize(z), extra))
+  flat_tangents = treedef.flatten_up_to(tangents)
+  num_z = len(jax.tree_util.tree_leaves(z))
+  live = tuple(i for i, t in enumerate(flat_tangents)
+               if not isinstance(t, SymbolicZero))
+
+  def one(*leaves):
+    return log_prob_fn(*jax.tree_util.tree_unflatten(treedef, leaves))
+
+  in_axes = [0] * num_z + [None] * (len(flat) - num_z)
+  if not live:
+    value = jax.vmap(one, in_axes=in_axes)(*flat)
+    return value, jnp.zeros_like(value)
+  value, grads = jax.vmap(jax.value_and_grad(one, argnums=live),
+                          in_axes=in_axes)(*flat)
+  n = value.shape[0]
+  tangent = jnp.zeros((n,), value.dtype)
+  for i, g in zip(live, grads):
+    # z's gradients and tangents are batched [n, ...]; extra's tangents are
+    # unbatched and broadcast against the per-draw gradients [n, ...].
+    tangent = tangent + jnp.sum(jnp.reshape(g * flat_tangents[i], (n, -1)),
+                                axis=1).astype(value.dtype)
+  return value, tangent
+
+
+_fused.defjvp(_fused_jvp, symbolic_zeros=True)
+
+
 def batched_log_prob(
     log_prob_fn: Callable[[PyTree, Any], Array]) -> Callable[[PyTree, Any],
                                                              Array]:
@@ -88,87 +179,97 @@ def batched_log_prob(
   Returns:
     `(z, extra) -> [n]` for z with leading `[n]` on every leaf. Its value is
     `vmap(log_prob_fn)`; its JVP (and so its VJP under `jax.grad`) is computed
-    from `vmap(value_and_grad(log_prob_fn))` on the materialized draws. Latents of integer dtype (discrete)
-    fall back to plain `vmap` (they carry no gradient).
+    from `vmap(value_and_grad(log_prob_fn))` on the materialized draws.
+    Arrays that `log_prob_fn` closes over and that an outer `jax.grad`,
+    `jax.jacfwd` or `jax.jit` may differentiate are hoisted into `extra` by
+    `jax.closure_convert`, so the derivative covers them too (a prior
+    hyperparameter learned by differentiating the loss). Latents of integer
+    dtype (discrete) fall back to plain `vmap` (they carry no gradient).
   """
-
-  plain = jax.vmap(log_prob_fn, in_axes=(0, None))
-  value_and_grads = jax.vmap(
-      jax.value_and_grad(log_prob_fn, argnums=(0, 1)), in_axes=(0, None))
-
-  @jax.custom_jvp
-  def fused(z, extra):
-    return plain(z, extra)
-
-  @fused.defjvp
-  def fused_jvp(primals, tangents):
-    z, extra = primals
-    dz, dextra = tangents
-    value, (gz, gextra) = value_and_grads(materialize(z), extra)
-    n = value.shape[0]
-    tangent = jnp.zeros((n,), value.dtype)
-    # z leaves and their gradients are batched [n, ...]; extra is unbatched,
-    # its per-draw gradients are [n, ...].
-    pairs = list(zip(jax.tree_util.tree_leaves(gz),
-                     jax.tree_util.tree_leaves(dz)))
-    pairs += [(g, jnp.broadcast_to(d, g.shape)) if d.dtype != jax.dtypes.float0
-              else (g, d) for g, d in zip(jax.tree_util.tree_leaves(gextra),
-                                          jax.tree_util.tree_leaves(dextra))]
-    for g, d in pairs:
-      if d.dtype == jax.dtypes.float0:
-        continue
-      tangent = tangent + jnp.sum(jnp.reshape(g * d, (n, -1)),
-                                  axis=1).astype(value.dtype)
-    return value, tangent
 
   def batched(z, extra=()):
     leaves = jax.tree_util.tree_leaves((z, extra))
-    if all(_is_float(l) for l in leaves):
-      return fused(z, extra)
-    return plain(z, extra)
+    if not all(_is_float(l) for l in leaves):
+      return jax.vmap(log_prob_fn, in_axes=(0, None))(z, extra)
+    one = jax.tree_util.tree_map(lambda x: x[0], z)
+    converted, consts = jax.closure_convert(log_prob_fn, one, extra)
+    return _fused(lambda zz, ec: converted(zz, ec[0], *ec[1]), z,
+                  (extra, tuple(consts)))
 
   return batched
 
 
-def check_target(target_log_prob_fn: TargetLogProbFn, z_one: PyTree,
-                 extra_call: Callable | None = None,
-                 draw: Callable | None = None, draw_args: tuple = ()) -> None:
-  """Checks, with `jax.eval_shape` (no compilation), that the target is scalar.
+def _reads(jaxpr, index: int) -> bool:
+  """Whether input `index` of a jaxpr is used by any equation or output."""
+  var = jaxpr.invars[index]
+  return any(var is v for e in jaxpr.eqns for v in e.invars) or any(
+      var is v for v in jaxpr.outvars)
+
+
+def check_target(target_log_prob_fn: TargetLogProbFn, z_one: PyTree = None, *,
+                 draw: Callable | None = None, draw_args: tuple = (),
+                 model_params: Any = None, batch: Any = None,
+                 check_scale: bool = False) -> None:
+  """Checks, by tracing once (no compilation), that the target is scalar.
+
+  The target is called by the one calling rule (`BoundTarget`):
+  `f([model_params,] [batch,] *z)`.
 
   Args:
     target_log_prob_fn: the user's target.
     z_one: a ShapeDtypeStruct pytree (or arrays) for ONE draw; ignored when
       `draw` is given.
-    extra_call: optional `(z) -> value` used instead of `call_target`.
-    draw: optional `(*draw_args) -> z`, one draw, traced in the same
-      `eval_shape` as the target (one trace of the surrogate's sampler instead
-      of one for the draw's shapes and another for the check).
+    draw: optional `(*draw_args) -> z`, one draw, traced with the target (one
+      trace of the surrogate's sampler instead of one for the draw's shapes
+      and another for the check).
     draw_args: the (abstract or concrete) arguments of `draw`.
+    model_params: model params (or their ShapeDtypeStructs), or None.
+    batch: a `vi_jax.minibatch.Batch` of ShapeDtypeStructs, or None.
+    check_scale: warn if the target never reads `batch.scale` (set when
+      batch_size < N).
 
   Raises:
-    ValueError: if the target raises on a draw of the surrogate's shape, or
-      returns something other than one scalar. Errors raised by `draw` itself
-      propagate unchanged.
+    ValueError: the target raises on a draw of the surrogate's shape, or
+      returns anything but one float scalar (a dict or list holding one is
+      refused too). Errors raised by `draw` itself propagate unchanged.
+
+  Warns:
+    UserWarning: a minibatch target that never reads `batch.scale` (its
+      likelihood would count B rows as if they were all N: a posterior
+      about N / B times too wide).
   """
-  call = extra_call or (lambda z: call_target(target_log_prob_fn, z))
   shapes = {}
 
-  def probe(*args):
-    z = draw(*args) if draw is not None else args[0]
+  def probe(args, mp, b):
+    z = draw(*args) if draw is not None else args
     shapes["z"] = jax.tree_util.tree_map(lambda s: tuple(jnp.shape(s)), z)
-    return call(z)
+    return call_target(target_log_prob_fn, z,
+                       BoundTarget(target_log_prob_fn, mp, b).lead())
 
+  args = (draw_args if draw is not None else z_one, model_params, batch)
   try:
-    out = jax.eval_shape(probe, *(draw_args if draw is not None else (z_one,)))
+    closed, out = jax.make_jaxpr(probe, return_shape=True)(*args)
   except Exception as e:  # pylint: disable=broad-except
     if "z" not in shapes:  # the draw failed, not the target
       raise
     raise ValueError(
         "target_log_prob_fn failed on one draw of the surrogate, with latents "
-        f"of shapes {shapes['z']} (called as f(*z) for tuples, f(**z) for "
-        f"dicts, f(z) for arrays): {type(e).__name__}: {e}") from e
-  leaves = jax.tree_util.tree_leaves(out)
-  if len(leaves) != 1 or np.prod(leaves[0].shape) != 1 or leaves[0].shape:
+        f"of shapes {shapes['z']} (called as f([model_params,] [batch,] *z) "
+        f"for tuples, **z for dicts, z for arrays): {type(e).__name__}: {e}"
+    ) from e
+  if not isinstance(out, jax.ShapeDtypeStruct) or out.shape or not (
+      jnp.issubdtype(out.dtype, jnp.floating)):
     raise ValueError(
-        "target_log_prob_fn must return a scalar for one draw (vi_jax vmaps it "
-        f"over samples); it returned {jax.tree_util.tree_map(lambda s: s.shape, out)}.")
+        "target_log_prob_fn must return a scalar (float) for one draw (vi_jax "
+        "vmaps it over samples); it returned "
+        f"{jax.tree_util.tree_map(lambda s: (s.shape, str(s.dtype)), out)}.")
+  if batch is not None and check_scale:
+    scale = len(jax.tree_util.tree_leaves(args)) - 1  # Batch.scale is last
+    if not _reads(closed.jaxpr, scale):
+      warnings.warn(
+          "target_log_prob_fn never reads batch.scale: with batch_size < N "
+          "the minibatch log likelihood must be multiplied by batch.scale = "
+          "N / batch_size (vi_jax.minibatch.scaled_log_prob does it), or the "
+          "posterior comes out about N / batch_size times too wide. Ignore "
+          "this if the target scales its likelihood itself.", UserWarning,
+          stacklevel=3)

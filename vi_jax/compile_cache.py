@@ -1,0 +1,58 @@
+"""The compile cache of top-level `vi.fit` calls.
+
+`jax.jit` caches compiled programs per Python function object; `vi.fit`
+builds its loop as a closure over the target, surrogate, optimizer, loss and
+trace_fn, so a fresh closure per call would compile again. `cached` keeps the
+closure (and so JAX's compiled executables) keyed on the *identities* of the
+objects it closes over plus the static settings; JAX's own cache then keys on
+the shapes and dtypes of the arrays passed in.
+
+What invalidates an entry: a different object for any of target_log_prob_fn,
+surrogate, optimizer, loss, trace_fn, convergence_criterion or the progress
+bar's file (e.g. `optax.adam(1e-2)` written inline makes a new optimizer per
+call: build it once and pass the same object), a different num_steps,
+sample_size, batch_size, num_shards, skip_nonfinite,
+max_consecutive_nonfinite or progress setting, or different data /
+model-params structure, shapes or dtypes. The cache holds strong references
+to at most `MAX_ENTRIES` programs (least recently used dropped first);
+`clear()` empties it.
+"""
+
+import collections
+from typing import Any, Callable, Hashable, TypeVar
+
+__all__ = ["MAX_ENTRIES", "cached", "clear"]
+
+MAX_ENTRIES = 16
+T = TypeVar("T")
+_entries: "collections.OrderedDict[Hashable, tuple[tuple, Any]]" = (
+    collections.OrderedDict())
+
+
+def cached(objects: tuple, static: Hashable, make: Callable[[], T]) -> T:
+  """The value made by `make()` for these objects and settings, made once.
+
+  Args:
+    objects: the objects the value closes over, compared by identity (they
+      are kept alive by the cache, so an id is never reused while cached).
+    static: hashable settings the value depends on.
+    make: builds the value on a miss.
+
+  Returns:
+    The cached or newly made value.
+  """
+  key = (tuple(id(o) for o in objects), static)
+  entry = _entries.get(key)
+  if entry is not None and all(a is b for a, b in zip(entry[0], objects)):
+    _entries.move_to_end(key)
+    return entry[1]
+  value = make()
+  _entries[key] = (objects, value)
+  while len(_entries) > MAX_ENTRIES:
+    _entries.popitem(last=False)
+  return value
+
+
+def clear() -> None:
+  """Drops every cached program."""
+  _entries.clear()

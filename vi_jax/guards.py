@@ -1,0 +1,91 @@
+"""The non-finite guard: a step wrapper that accepts or rejects each update.
+
+Like `optax.apply_if_finite`, it owns its counters (`VIState.num_nonfinite`,
+`VIState.num_consecutive_nonfinite`): an update whose loss, gradient or
+updated params are not finite is skipped (params, optimizer, model params and
+criterion state kept; the key and the minibatch position advance). After
+`max_consecutive_nonfinite` consecutive skips, or once the convergence
+criterion has fired, the state is inactive and every later step leaves it as
+it is (`is_active`), so a fixed-length scan can run past the stop.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from vi_jax._types import Array
+from vi_jax.step import StepFn
+from vi_jax.step import VIState
+
+__all__ = ["all_finite", "is_active", "with_nonfinite_guard"]
+
+
+def all_finite(*trees) -> Array:
+  """shape=(), bool: every float entry of `trees` is finite."""
+  ok = jnp.ones((), bool)
+  for leaf in jax.tree_util.tree_leaves(trees):
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      ok = ok & jnp.all(jnp.isfinite(leaf))
+  return ok
+
+
+def is_active(state: VIState, max_consecutive_nonfinite: Optional[int]) -> Array:
+  """shape=(), bool: the loop is still running (not converged, not stopped)."""
+  active = ~state.converged
+  if max_consecutive_nonfinite is not None:
+    active = active & (state.num_consecutive_nonfinite <
+                       max_consecutive_nonfinite)
+  return active
+
+
+def _select(pred, new, old):
+  return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def with_nonfinite_guard(inner: StepFn, *, skip_nonfinite: bool,
+                         max_consecutive_nonfinite: Optional[int],
+                         gated: bool) -> StepFn:
+  """Wraps `inner` so that inactive or non-finite updates leave the state.
+
+  Args:
+    inner: the step to guard (the core step, possibly with a criterion).
+    skip_nonfinite: reject updates with a non-finite loss, gradient or
+      updated params, and count them.
+    max_consecutive_nonfinite: stop (become inactive) after this many
+      consecutive rejections; None: never.
+    gated: whether anything else can make the state inactive (a criterion).
+
+  Returns:
+    A `StepFn`; its quantities' `is_finite` says whether the update was
+    finite, and `has_converged` is only True for an accepted update.
+  """
+  must_select = skip_nonfinite or gated or max_consecutive_nonfinite is not None
+
+  def step(state, key, batch):
+    proposed, info = inner(state, key, batch)
+    active = is_active(state, max_consecutive_nonfinite)
+    counters = {}
+    if skip_nonfinite:
+      finite = all_finite(info.loss, info.grads, info.model_grads,
+                          proposed.params, proposed.model_params)
+      ok = finite & active
+      counters = dict(
+          num_nonfinite=state.num_nonfinite + (active & ~finite).astype(jnp.int32),
+          num_consecutive_nonfinite=jnp.where(
+              active, jnp.where(finite, 0, state.num_consecutive_nonfinite + 1),
+              state.num_consecutive_nonfinite).astype(jnp.int32))
+      info = info._replace(is_finite=finite)
+    else:
+      ok = active
+    if not must_select:
+      return proposed._replace(**counters), info
+    kept = ("params", "opt_state", "model_params", "criterion_state")
+    selected = _select(ok, [getattr(proposed, f) for f in kept],
+                       [getattr(state, f) for f in kept])
+    fired = info.has_converged & ok
+    return proposed._replace(
+        **dict(zip(kept, selected)), converged=state.converged | fired,
+        **counters), info._replace(has_converged=fired)
+
+  return step
