@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) -m vi_jax.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check vi_jax tests benchmarks
 	$(PY) -m pytest -n 2 -q tests
 
 bench: $(STAMP)

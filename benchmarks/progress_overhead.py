@@ -11,9 +11,9 @@ progress bar off (the default path), with the bar at its default refresh
 The compiled variants are called
 under an outer `jax.jit` (so the bar is closed by an in-program callback); a
 second table times top-level calls, what an interactive user runs (the bar is
-closed on the host then). Timings interleave the variants and report medians of seconds per 1000 steps;
-the overheads are ratios of those medians, and (steadier on a shared machine)
-of the smallest wall times ("bar overhead (min)").
+closed on the host then). Timings interleave the variants and report medians
+of seconds per 1000 steps; the overheads are ratios of those medians, and
+(steadier on a shared machine) of the smallest wall times ("bar overhead (min)").
 """
 
 import argparse

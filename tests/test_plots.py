@@ -16,7 +16,7 @@ from vi_jax import plots
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
-from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
+from matplotlib import image as mpimg  # noqa: E402  (after matplotlib.use)
 
 
 def _check_png(path, min_px=(200, 200), max_px=(4000, 4000)):

@@ -19,8 +19,12 @@ __all__ = [
     "callable_arg",
     "float_pytree",
     "integer",
+    "matching_tree",
+    "optimizer",
     "optional_positive_int",
     "positive_int",
+    "prng_key",
+    "surrogate",
 ]
 
 
@@ -84,3 +88,51 @@ def float_pytree(name: str, tree: PyTree) -> PyTree:
           f"{name} must be a pytree of float arrays; the leaf at "
           f"{jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}.")
   return tree
+
+
+def surrogate(surrogate) -> None:
+  """Raises TypeError unless `surrogate` has the Surrogate functions."""
+  for field in ("init", "sample_and_log_prob", "log_prob"):
+    if not callable(getattr(surrogate, field, None)):
+      raise TypeError(
+          "surrogate must be a vi_jax.surrogates.Surrogate (a NamedTuple with "
+          f"init, sample_and_log_prob, log_prob); got {type(surrogate).__name__}"
+          f" without a callable {field!r}.")
+
+
+def optimizer(optimizer) -> None:
+  """Raises TypeError unless `optimizer` is an optax GradientTransformation."""
+  if not (callable(getattr(optimizer, "init", None)) and
+          callable(getattr(optimizer, "update", None))):
+    raise TypeError(
+        "optimizer must be an optax.GradientTransformation (with init and "
+        f"update); got {type(optimizer).__name__}.")
+
+
+def prng_key(key) -> None:
+  """Raises TypeError / ValueError unless `key` is one PRNG key."""
+  if key is None:
+    raise TypeError("key must be a PRNG key (jax.random.key(0) or "
+                    "jax.random.PRNGKey(0)); got None.")
+  if not hasattr(key, "shape"):
+    raise TypeError(f"key must be a PRNG key array; got {type(key).__name__}.")
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if (typed and key.shape != ()) or (not typed and key.shape != (2,)):
+    raise ValueError(
+        "key must be a single PRNG key (shape () typed or (2,) uint32); got "
+        f"shape {key.shape}. To run several fits, jax.vmap over keys.")
+
+
+def matching_tree(name, expected, given, hint) -> None:
+  """Raises ValueError unless `given` has the structure and leaf shapes of
+  `expected` (`hint` says what the argument must be)."""
+  e_struct = jax.tree_util.tree_structure(expected)
+  g_struct = jax.tree_util.tree_structure(given)
+  if e_struct != g_struct:
+    raise ValueError(f"{name} {hint}: expected the structure {e_struct}, got "
+                     f"{g_struct}.")
+  shape = lambda tree: jax.tree_util.tree_map(lambda x: tuple(jnp.shape(x)),
+                                              tree)
+  if shape(expected) != shape(given):
+    raise ValueError(f"{name} {hint}: expected leaf shapes {shape(expected)}, "
+                     f"got {shape(given)}.")

@@ -21,7 +21,10 @@ to at most `MAX_ENTRIES` programs (least recently used dropped first);
 import collections
 from typing import Any, Callable, Hashable, TypeVar
 
-__all__ = ["MAX_ENTRIES", "cached", "clear"]
+import jax
+import jax.numpy as jnp
+
+__all__ = ["MAX_ENTRIES", "cached", "clear", "signature"]
 
 MAX_ENTRIES = 16
 T = TypeVar("T")
@@ -56,3 +59,10 @@ def cached(objects: tuple, static: Hashable, make: Callable[[], T]) -> T:
 def clear() -> None:
   """Drops every cached program."""
   _entries.clear()
+
+
+def signature(tree) -> tuple:
+  """Hashable structure, shapes and dtypes of a pytree (part of a key)."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return treedef, tuple((tuple(jnp.shape(l)), str(jnp.result_type(l)))
+                        for l in leaves)

@@ -23,7 +23,6 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vi_jax import compile_cache
@@ -32,6 +31,7 @@ from vi_jax import minibatch as mb
 from vi_jax import progress
 from vi_jax._rng import unrolled_threefry_keys
 from vi_jax._types import Array, LossFn, Params, PRNGKey, PyTree
+from vi_jax import _validation as vv
 from vi_jax._validation import callable_arg
 from vi_jax._validation import float_pytree
 from vi_jax._validation import optional_positive_int
@@ -40,6 +40,9 @@ from vi_jax.convergence import check_criterion
 from vi_jax.convergence import ConvergenceCriterion
 from vi_jax.convergence import criterion_state_spec
 from vi_jax.convergence import with_criterion
+from vi_jax.guards import data_note
+from vi_jax.guards import nonfinite_rows
+from vi_jax.guards import skip_report
 from vi_jax.guards import with_nonfinite_guard
 from vi_jax.losses import negative_elbo
 from vi_jax.minibatch import with_minibatch
@@ -48,7 +51,7 @@ from vi_jax.step import joint
 from vi_jax.step import TraceableQuantities
 from vi_jax.step import VIState
 from vi_jax.target import BoundTarget
-from vi_jax.target import check_target
+from vi_jax.target import check_target_on_draw
 
 __all__ = [
     "VIState",
@@ -114,36 +117,6 @@ class _Spec(NamedTuple):
   max_nonfinite: Optional[int]
 
 
-def _check_surrogate(surrogate) -> None:
-  for field in ("init", "sample_and_log_prob", "log_prob"):
-    if not callable(getattr(surrogate, field, None)):
-      raise TypeError(
-          "surrogate must be a vi_jax.surrogates.Surrogate (a NamedTuple with "
-          f"init, sample_and_log_prob, log_prob); got {type(surrogate).__name__}"
-          f" without a callable {field!r}.")
-
-
-def _check_optimizer(optimizer) -> None:
-  if not (callable(getattr(optimizer, "init", None)) and
-          callable(getattr(optimizer, "update", None))):
-    raise TypeError(
-        "optimizer must be an optax.GradientTransformation (with init and "
-        f"update); got {type(optimizer).__name__}.")
-
-
-def _check_key(key) -> None:
-  if key is None:
-    raise TypeError("key must be a PRNG key (jax.random.key(0) or "
-                    "jax.random.PRNGKey(0)); got None.")
-  if not hasattr(key, "shape"):
-    raise TypeError(f"key must be a PRNG key array; got {type(key).__name__}.")
-  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-  if (typed and key.shape != ()) or (not typed and key.shape != (2,)):
-    raise ValueError(
-        "key must be a single PRNG key (shape () typed or (2,) uint32); got "
-        f"shape {key.shape}. To run several fits, jax.vmap over keys.")
-
-
 def _validate(target_log_prob_fn, surrogate, optimizer, *, sample_size, loss,
               model_params, data, batch_size, num_shards,
               convergence_criterion, skip_nonfinite,
@@ -151,8 +124,8 @@ def _validate(target_log_prob_fn, surrogate, optimizer, *, sample_size, loss,
   """Every argument of `build`, checked before anything is traced."""
   callable_arg("target_log_prob_fn", target_log_prob_fn,
                "a callable log density of one draw")
-  _check_surrogate(surrogate)
-  _check_optimizer(optimizer)
+  vv.surrogate(surrogate)
+  vv.optimizer(optimizer)
   loss = _DEFAULT_LOSS if loss is None else callable_arg(
       "loss", loss, "a LossFn, (target_log_prob_fn, surrogate, params, key, "
       "sample_size) -> scalar")
@@ -338,12 +311,6 @@ def _make_program(spec, num_steps, trace_fn, trace_is_loss, settings,
   return _Program(jax.jit(alg.init), jax.jit(run), reporter)
 
 
-def _signature(tree) -> tuple:
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
-  return treedef, tuple((tuple(jnp.shape(l)), str(jnp.result_type(l)))
-                        for l in leaves)
-
-
 def _program(spec, num_steps, trace_fn, trace_is_loss, settings,
              check_init) -> _Program:
   """The program of this fit; a top-level call reuses an identical one."""
@@ -356,8 +323,8 @@ def _program(spec, num_steps, trace_fn, trace_is_loss, settings,
   static = (num_steps, spec.sample_size, spec.n_rows, spec.batch_size,
             spec.num_shards, spec.skip_nonfinite, spec.max_nonfinite,
             trace_is_loss, None if settings is None else settings._replace(
-                file=None), _signature(spec.model_params),
-            _signature(spec.data_spec))
+                file=None), compile_cache.signature(spec.model_params),
+            compile_cache.signature(spec.data_spec))
   return compile_cache.cached(objects, static, make)
 
 
@@ -375,20 +342,6 @@ def _is_traced(*trees) -> bool:
              for l in jax.tree_util.tree_leaves(trees))
 
 
-def _check_matches(name, expected, given, hint) -> None:
-  """`given` has the pytree structure and leaf shapes of `expected`."""
-  e_struct = jax.tree_util.tree_structure(expected)
-  g_struct = jax.tree_util.tree_structure(given)
-  if e_struct != g_struct:
-    raise ValueError(f"{name} {hint}: expected the structure {e_struct}, got "
-                     f"{g_struct}.")
-  shape = lambda tree: jax.tree_util.tree_map(lambda x: tuple(jnp.shape(x)),
-                                              tree)
-  if shape(expected) != shape(given):
-    raise ValueError(f"{name} {hint}: expected leaf shapes {shape(expected)}, "
-                     f"got {shape(given)}.")
-
-
 def _check_start(spec, key, init_params, init_state) -> Optional[Params]:
   """Checks `init_params` / `init_state`; returns the params to start from."""
   if init_state is not None:
@@ -397,37 +350,19 @@ def _check_start(spec, key, init_params, init_state) -> Optional[Params]:
     if not isinstance(init_state, VIState):
       raise TypeError("init_state must be a VIState (a previous "
                       f"FitResult.state); got {type(init_state).__name__}.")
-    _check_matches(
+    vv.matching_tree(
         "init_state", jax.eval_shape(_algorithm(spec)[0].init, key),
         init_state, "does not match this fit's loop state (same surrogate, "
         "optimizer, model_params, data and convergence_criterion are needed "
         "to resume)")
     return init_state.params
   if init_params is not None:
-    _check_matches(
+    vv.matching_tree(
         "init_params", jax.eval_shape(spec.surrogate.init, key), init_params,
         "must be params of this surrogate, shaped like surrogate.init(key) "
         "(e.g. full-rank params do not fit a mean-field surrogate)")
     float_pytree("init_params", init_params)
   return init_params
-
-
-def _check_target_call(spec, key, params) -> None:
-  """One trace of the target on one surrogate draw, by the calling rule."""
-  if params is None:
-    params = jax.eval_shape(spec.surrogate.init, key)
-
-  def draw(p):
-    z, _ = spec.surrogate.sample_and_log_prob(p, key, 1)
-    return jax.tree_util.tree_map(lambda x: x[0], z)
-
-  mp = None if spec.model_params is None else jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-      spec.model_params)
-  check_target(spec.target, draw=draw, draw_args=(params,), model_params=mp,
-               batch=spec.data_spec,
-               check_scale=spec.data_spec is not None and
-               spec.batch_size < spec.n_rows)
 
 
 def _resolve_trace_fn(trace_fn) -> tuple[Callable, bool]:
@@ -520,7 +455,7 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
     trace padding); blackjax.vi.meanfield_vi; numpyro.infer.SVI.run.
   """
   num_steps = positive_int("num_steps", num_steps)
-  _check_key(key)
+  vv.prng_key(key)
   spec = _validate(
       target_log_prob_fn, surrogate, optimizer, sample_size=sample_size,
       loss=loss, model_params=model_params, data=data, batch_size=batch_size,
@@ -528,8 +463,11 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       skip_nonfinite=skip_nonfinite,
       max_consecutive_nonfinite=max_consecutive_nonfinite)
   trace_fn, trace_is_loss = _resolve_trace_fn(trace_fn)
-  _check_target_call(spec, key, _check_start(spec, key, init_params,
-                                             init_state))
+  check_target_on_draw(
+      spec.target, spec.surrogate, key,
+      _check_start(spec, key, init_params, init_state), spec.model_params,
+      spec.data_spec, check_scale=spec.data_spec is not None and
+      spec.batch_size < spec.n_rows)
   if progress_bar is None and _is_traced(key):
     progress_bar = False  # default: no bar inside an outer jit/vmap
   settings = progress.resolve_progress_bar(progress_bar)
@@ -549,27 +487,6 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
   return result
 
 
-def _nonfinite_rows(data) -> np.ndarray:
-  """[N] bool (host): rows of `data` holding a non-finite value."""
-  bad = 0
-  for leaf in jax.tree_util.tree_leaves(data):
-    x = np.asarray(leaf)
-    if np.issubdtype(x.dtype, np.inexact):
-      bad = bad | ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
-  return np.asarray(bad, bool)
-
-
-def _data_note(data) -> str:
-  if data is None:
-    return ""
-  rows = _nonfinite_rows(data)
-  if not rows.any():
-    return " The data is finite."
-  return (f" The data holds {int(rows.sum())} rows with non-finite values "
-          f"(the first is row {int(np.argmax(rows))}): steps whose minibatch "
-          "draws them see a non-finite loss.")
-
-
 def _host_checks(reporter, result, loss0, last_loss, spec, data,
                  check_init) -> None:
   """After a top-level run: close the bar, then raise or warn honestly."""
@@ -581,24 +498,14 @@ def _host_checks(reporter, result, loss0, last_loss, spec, data,
   if not check_init or _is_traced(loss0):
     return
   if not bool(jnp.isfinite(loss0)):
-    where = (_data_note(data) if data is not None and _nonfinite_rows(
+    where = (data_note(data) if data is not None and nonfinite_rows(
         data).any() else " Check target_log_prob_fn at the surrogate's "
              "initial draws (supports, bijectors, init_params / model_params).")
     raise FloatingPointError(
         f"vi.fit: the loss at the initial params is {float(loss0)} (not "
         f"finite), so the loop was not run.{where}")
-  skipped = int(result.num_nonfinite)
-  if not skipped:
-    return
-  first = int(np.argmax(np.asarray(result.skipped)))
-  what = (f"{skipped} steps had a non-finite loss, gradient or updated params "
-          f"and were skipped (the first at step {first} of this fit; "
-          "FitResult.skipped marks them)")
-  if bool(result.diverged):
-    message = (f"vi.fit stopped at step {int(result.num_steps_taken)}: "
-               f"{spec.max_nonfinite} consecutive steps had a non-finite loss "
-               f"or gradient; in all {what}. The returned params are the last "
-               "finite ones.")
-  else:
-    message = f"vi.fit: {what}; the returned params are finite."
-  warnings.warn(message + _data_note(data), RuntimeWarning, stacklevel=3)
+  message = skip_report(result.num_nonfinite, result.skipped,
+                        result.diverged, result.num_steps_taken,
+                        spec.max_nonfinite, data)
+  if message:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -13,12 +13,20 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vi_jax._types import Array
 from vi_jax.step import StepFn
 from vi_jax.step import VIState
 
-__all__ = ["all_finite", "is_active", "with_nonfinite_guard"]
+__all__ = [
+    "all_finite",
+    "data_note",
+    "is_active",
+    "nonfinite_rows",
+    "skip_report",
+    "with_nonfinite_guard",
+]
 
 
 def all_finite(*trees) -> Array:
@@ -89,3 +97,54 @@ def with_nonfinite_guard(inner: StepFn, *, skip_nonfinite: bool,
         **counters), info._replace(has_converged=fired)
 
   return step
+
+
+def nonfinite_rows(data) -> np.ndarray:
+  """[N] bool (host): rows of `data` holding a non-finite value."""
+  bad = 0
+  for leaf in jax.tree_util.tree_leaves(data):
+    x = np.asarray(leaf)
+    if np.issubdtype(x.dtype, np.inexact):
+      bad = bad | ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+  return np.asarray(bad, bool)
+
+
+def data_note(data) -> str:
+  if data is None:
+    return ""
+  rows = nonfinite_rows(data)
+  if not rows.any():
+    return " The data is finite."
+  return (f" The data holds {int(rows.sum())} rows with non-finite values "
+          f"(the first is row {int(np.argmax(rows))}): steps whose minibatch "
+          "draws them see a non-finite loss.")
+
+
+def skip_report(num_skipped, skipped, diverged, num_steps_taken,
+                max_consecutive_nonfinite, data) -> str:
+  """The host-side warning for skipped steps ('' when none were skipped).
+
+  Args:
+    num_skipped: shape=(), the fit's skipped-step count.
+    skipped: [num_steps] bool, which steps were skipped.
+    diverged: shape=(), bool: stopped on consecutive non-finite steps.
+    num_steps_taken: shape=(), int.
+    max_consecutive_nonfinite: the guard's setting.
+    data: the data pytree, or None (then the message says whether it holds
+      non-finite rows).
+  """
+  count = int(num_skipped)
+  if not count:
+    return ""
+  first = int(np.argmax(np.asarray(skipped)))
+  what = (f"{count} steps had a non-finite loss, gradient or updated params "
+          f"and were skipped (the first at step {first} of this fit; "
+          "FitResult.skipped marks them)")
+  if bool(diverged):
+    message = (f"vi.fit stopped at step {int(num_steps_taken)}: "
+               f"{max_consecutive_nonfinite} consecutive steps had a "
+               f"non-finite loss or gradient; in all {what}. The returned "
+               "params are the last finite ones.")
+  else:
+    message = f"vi.fit: {what}; the returned params are finite."
+  return message + data_note(data)

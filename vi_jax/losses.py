@@ -409,6 +409,20 @@ def _closed_form_kl(q, p):
     return None
 
 
+def _per_latent_q(surrogate, params, single, prior_def):
+  """The surrogate's distribution per latent (prior's structure), or None
+  when it has no `distribution_fn` or its q does not factorize by latent."""
+  dist_fn = getattr(surrogate, "distribution_fn", None)
+  q_dist = dist_fn(params) if dist_fn is not None else None
+  if q_dist is None:
+    return None
+  if single and _is_distribution(q_dist):
+    return [q_dist]
+  if not single and not _is_distribution(q_dist):
+    return prior_def.flatten_up_to(q_dist)
+  return None
+
+
 def analytic_kl_elbo(prior: Any, log_likelihood_fn: Callable, *,
                      kl_scaling: Any = 1.,
                      gradient_estimator: Optional[str] = None) -> LossFn:
@@ -486,16 +500,7 @@ def analytic_kl_elbo(prior: Any, log_likelihood_fn: Callable, *,
     s = positive_int("sample_size", sample_size)
     z, log_q = _draw(surrogate, params, key, s, estimator)
     z_leaves = [z] if single else prior_def.flatten_up_to(z)
-    dist_fn = getattr(surrogate, "distribution_fn", None)
-    q_dist = dist_fn(params) if dist_fn is not None else None
-    if q_dist is None:
-      q_leaves = None
-    elif single and _is_distribution(q_dist):
-      q_leaves = [q_dist]
-    elif not single and not _is_distribution(q_dist):
-      q_leaves = prior_def.flatten_up_to(q_dist)
-    else:
-      q_leaves = None
+    q_leaves = _per_latent_q(surrogate, params, single, prior_def)
     if q_leaves is None and not uniform_beta:
       raise ValueError(
           "analytic_kl_elbo: per-latent kl_scaling needs a surrogate whose "

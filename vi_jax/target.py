@@ -31,6 +31,7 @@ __all__ = [
     "batched_target",
     "call_target",
     "check_target",
+    "check_target_on_draw",
 ]
 
 
@@ -272,4 +273,33 @@ def check_target(target_log_prob_fn: TargetLogProbFn, z_one: PyTree = None, *,
           "N / batch_size (vi_jax.minibatch.scaled_log_prob does it), or the "
           "posterior comes out about N / batch_size times too wide. Ignore "
           "this if the target scales its likelihood itself.", UserWarning,
-          stacklevel=3)
+          stacklevel=4)
+
+
+def check_target_on_draw(target_log_prob_fn: TargetLogProbFn, surrogate: Any,
+                         key: Any, params: Any = None, model_params: Any = None,
+                         batch: Any = None, check_scale: bool = False) -> None:
+  """`check_target` on one draw of `surrogate` (traced with the target).
+
+  Args:
+    target_log_prob_fn: the user's target.
+    surrogate: a `vi_jax.surrogates.Surrogate`.
+    key: a PRNG key for the draw.
+    params: the surrogate params to draw at (None: `surrogate.init(key)`'s
+      shapes).
+    model_params: model params (arrays), or None.
+    batch: a `vi_jax.minibatch.Batch` of ShapeDtypeStructs, or None.
+    check_scale: see `check_target`.
+  """
+  if params is None:
+    params = jax.eval_shape(surrogate.init, key)
+
+  def draw(p):
+    z, _ = surrogate.sample_and_log_prob(p, key, 1)
+    return jax.tree_util.tree_map(lambda x: x[0], z)
+
+  mp = None if model_params is None else jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+      model_params)
+  check_target(target_log_prob_fn, draw=draw, draw_args=(params,),
+               model_params=mp, batch=batch, check_scale=check_scale)
