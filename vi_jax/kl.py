@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import tensorflow_probability.substrates.jax as tfp
 
 from vi_jax._types import Array, PRNGKey
+from vi_jax._validation import positive_int
 
 __all__ = ["has_closed_form_kl", "kl_divergence", "monte_carlo_kl"]
 
@@ -92,8 +93,6 @@ def monte_carlo_kl(q, p, key: PRNGKey, sample_size: int) -> Array:
   """
   _check_distribution("q", q)
   _check_distribution("p", p)
-  if isinstance(sample_size, bool) or not isinstance(sample_size, int) or (
-      sample_size < 1):
-    raise ValueError(f"sample_size must be a Python int >= 1; got {sample_size!r}.")
+  sample_size = positive_int("sample_size", sample_size)
   z, log_q = _sample_and_log_prob(q, key, sample_size)
   return jnp.mean(log_q - p.log_prob(z), axis=0)

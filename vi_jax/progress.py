@@ -24,6 +24,8 @@ from jax.experimental import io_callback
 import jax.numpy as jnp
 import numpy as np
 
+from vi_jax._validation import positive_int
+
 __all__ = ["ProgressBar", "resolve_progress_bar"]
 
 
@@ -58,10 +60,8 @@ def resolve_progress_bar(progress_bar) -> Optional[ProgressBar]:
   if progress_bar is False:
     return None
   if isinstance(progress_bar, ProgressBar):
-    if progress_bar.every is not None and (
-        not isinstance(progress_bar.every, int) or progress_bar.every < 1):
-      raise ValueError(
-          f"ProgressBar.every must be a Python int >= 1; got {progress_bar.every!r}.")
+    if progress_bar.every is not None:
+      positive_int("ProgressBar.every", progress_bar.every)
     return progress_bar
   raise TypeError("progress_bar must be None, a bool or a "
                   f"vi_jax.progress.ProgressBar; got {progress_bar!r}.")

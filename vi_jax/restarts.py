@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from vi_jax._types import Array, PRNGKey
 from vi_jax.fit import FitResult
 from vi_jax.fit import fit
+from vi_jax._validation import integer
+from vi_jax._validation import positive_int
 
 __all__ = ["RestartsResult", "fit_restarts"]
 
@@ -53,13 +55,8 @@ def fit_restarts(target_log_prob_fn, surrogate, optimizer, num_steps: int, *,
   Raises:
     ValueError: bad `num_restarts` / `final_window`, or an unsupported kwarg.
   """
-  if isinstance(num_restarts, bool) or not isinstance(num_restarts, int) or (
-      num_restarts < 1):
-    raise ValueError(f"num_restarts must be a Python int >= 1; got {num_restarts!r}.")
-  if isinstance(final_window, bool) or not isinstance(final_window, int) or not (
-      1 <= final_window <= num_steps):
-    raise ValueError("final_window must be a Python int in [1, num_steps]; got "
-                     f"{final_window!r}.")
+  num_restarts = positive_int("num_restarts", num_restarts)
+  final_window = integer("final_window", final_window, maximum=num_steps)
   for bad in ("trace_fn", "progress_bar"):
     if bad in fit_kwargs:
       raise ValueError(f"fit_restarts does not accept {bad}.")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from vi_jax import bijectors as bij_lib
 from vi_jax._types import InitFn, LogProbFn, Params, SampleAndLogProbFn
 from vi_jax.target import materialize
+from vi_jax._validation import positive_int
 
 
 class Surrogate(NamedTuple):
@@ -47,14 +48,7 @@ class Surrogate(NamedTuple):
 
 def check_sample_size(sample_size) -> int:
   """Validates `sample_size` (a Python int >= 1) and returns it."""
-  if isinstance(sample_size, bool) or not isinstance(
-      sample_size, int) and not (hasattr(sample_size, "__index__") and
-                                 not hasattr(sample_size, "shape")):
-    raise TypeError(
-        f"sample_size must be a Python int >= 1; got {sample_size!r}.")
-  if int(sample_size) < 1:
-    raise ValueError(f"sample_size must be >= 1; got {sample_size}.")
-  return int(sample_size)
+  return positive_int("sample_size", sample_size)
 
 
 def transformed_surrogate(

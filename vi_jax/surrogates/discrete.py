@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from vi_jax.bijectors import is_shape
 from vi_jax.surrogates.base import Surrogate, check_sample_size, default_dtype
+from vi_jax._validation import integer
 
 
 def _event_shape(event_shape) -> tuple:
@@ -92,9 +93,7 @@ def categorical(num_categories: int, event_shape=(), *, init_logits=0.,
   References:
     distrax.Categorical.
   """
-  if isinstance(num_categories, bool) or not isinstance(
-      num_categories, int) or num_categories < 2:
-    raise ValueError(f"num_categories must be an int >= 2; got {num_categories!r}.")
+  num_categories = integer("num_categories", num_categories, minimum=2)
   shape = _event_shape(event_shape)
   dtype = default_dtype(dtype)
 

@@ -38,6 +38,7 @@ from vi_jax import bijectors as bij_lib
 from vi_jax.surrogates._distribution import with_distribution_fn
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
+from vi_jax._validation import positive_int
 
 tfb = tfp.bijectors
 
@@ -79,9 +80,7 @@ def _mlp(layers, x, masks=None):
 
 
 def _check_flow_args(num_layers, hidden_sizes, init_scale):
-  if isinstance(num_layers, bool) or not isinstance(num_layers, int) or \
-      num_layers < 1:
-    raise ValueError(f"num_layers must be a Python int >= 1; got {num_layers!r}.")
+  positive_int("num_layers", num_layers)
   if not all(isinstance(h, int) and h >= 1 for h in tuple(hidden_sizes)):
     raise ValueError(
         f"hidden_sizes must be a sequence of ints >= 1; got {hidden_sizes!r}.")
@@ -224,9 +223,7 @@ def neural_spline_flow(event_shape, bijector=None, *, num_layers: int = 4,
     Durkan, Bekasov, Murray, Papamakarios 2019, "Neural Spline Flows";
     distrax.RationalQuadraticSpline.
   """
-  if isinstance(num_bins, bool) or not isinstance(num_bins, int) or \
-      num_bins < 1:
-    raise ValueError(f"num_bins must be a Python int >= 1; got {num_bins!r}.")
+  num_bins = positive_int("num_bins", num_bins)
   if not range_min < range_max:
     raise ValueError(f"range_min must be < range_max; got {range_min}, "
                      f"{range_max}.")

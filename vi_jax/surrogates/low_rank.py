@@ -8,6 +8,7 @@ from vi_jax import bijectors as bij_lib
 from vi_jax.surrogates._distribution import with_distribution_fn
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
+from vi_jax._validation import positive_int
 
 
 def low_rank_normal(event_shape, rank: int, bijector=None, *, init_loc=None,
@@ -53,8 +54,7 @@ def low_rank_normal(event_shape, rank: int, bijector=None, *, init_loc=None,
     2018, "Gaussian variational approximation with a factor covariance
     structure"; distrax.MultivariateNormalDiagPlusLowRank.
   """
-  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-    raise ValueError(f"rank must be a Python int >= 1; got {rank!r}.")
+  rank = positive_int("rank", rank)
   if not init_scale > 0:
     raise ValueError(f"init_scale must be > 0; got {init_scale}.")
   if not init_factor_scale > 0:

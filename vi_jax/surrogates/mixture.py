@@ -45,6 +45,7 @@ from vi_jax import bijectors as bij_lib
 from vi_jax.surrogates._distribution import with_distribution_fn
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
+from vi_jax._validation import positive_int
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -151,10 +152,7 @@ def mixture(event_shape, num_components: int, bijector=None, *,
     variational inference with mixtures"; tfp.distributions.MixtureSameFamily
     (reparameterize=True).
   """
-  if isinstance(num_components, bool) or not isinstance(
-      num_components, int) or num_components < 1:
-    raise ValueError(
-        f"num_components must be a Python int >= 1; got {num_components!r}.")
+  num_components = positive_int("num_components", num_components)
   if components not in _COMPONENTS:
     raise ValueError(f"components must be one of {_COMPONENTS}; got "
                      f"{components!r}.")
