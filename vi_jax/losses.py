@@ -205,7 +205,15 @@ def monte_carlo_variational_loss(
       weights = stop(jax.nn.softmax(log_w, axis=1))
       dreg = jnp.sum(jnp.reshape(log_p - log_q_stopped, (s, k)) *
                      jnp.square(weights), axis=1)
-      log_avg = stop(_log_mean_exp(log_w, axis=1)) + dreg - stop(dreg)
+      # What the target depends on besides z (a prior hyperparameter) gets
+      # the IWAE gradient sum_k w_k d log p_k (Tucker et al. 2018, sec. 4):
+      # DReG's squared weights are for the surrogate's params only.
+      log_p_fixed_z = batched_target(target_log_prob_fn)(
+          jax.tree_util.tree_map(stop, z))
+      model = jnp.sum(jnp.reshape(log_p_fixed_z, (s, k)) *
+                      (weights - jnp.square(weights)), axis=1)
+      log_avg = (stop(_log_mean_exp(log_w, axis=1)) + dreg - stop(dreg) +
+                 model - stop(model))
       return jnp.mean(discrepancy_fn(log_avg))
     log_w = jnp.reshape(log_p - log_q, (s, k))
     log_avg = log_w[:, 0] if k == 1 else _log_mean_exp(log_w, axis=1)
@@ -379,10 +387,14 @@ def forward_kl() -> LossFn:
                        f"and needs sample_size >= 2; got {s}.")
     _, log_p, log_q = _draw_and_log_p(  # z stopped: score-function draws.
         target_log_prob_fn, surrogate, params, key, s, SCORE_FUNCTION)
-    log_w = stop(log_p - log_q)
+    # The draws are stopped, so log_w depends on the params only through
+    # log q (stopped here): the value is differentiable w.r.t. whatever the
+    # target depends on (a prior hyperparameter), and the params' gradient
+    # comes from the cross-entropy term alone.
+    log_w = log_p - stop(log_q)
     weights = jax.nn.softmax(log_w)
     value = jnp.sum(weights * log_w) - _log_mean_exp(log_w, axis=0)
-    cross_entropy = -jnp.sum(weights * log_q)
+    cross_entropy = -jnp.sum(stop(weights) * log_q)
     return value + cross_entropy - stop(cross_entropy)
 
   return loss

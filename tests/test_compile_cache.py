@@ -1,0 +1,87 @@
+"""The compile cache: a second identical top-level vi.fit compiles nothing."""
+
+import contextlib
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import vi_jax as vi
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Counts XLA backend compilations (jax.monitoring) inside the block."""
+  events = []
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if event == _BACKEND_COMPILE:
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def log_prob(z):  # Normal-Normal: posterior N(2.5, 1/2) for x = 5
+  return distrax.Normal(0., 1.).log_prob(z) + distrax.Normal(z, 1.).log_prob(5.)
+
+
+def test_second_identical_fit_compiles_nothing():
+  s = vi.surrogates.mean_field_normal(())
+  opt = optax.adam(0.05)
+  kwargs = dict(key=jax.random.key(0), sample_size=8, progress_bar=False)
+  first = vi.fit(log_prob, s, opt, 300, **kwargs)
+  with count_compiles() as compiles:
+    second = vi.fit(log_prob, s, opt, 300, **kwargs)
+    jax.block_until_ready(second.params)
+  assert len(compiles) == 0
+  for r in (first, second):  # both are fits of the closed-form posterior
+    np.testing.assert_allclose(float(r.params["loc"][0]), 2.5, atol=0.15)
+  # A new key is data, not a new program: still nothing compiled.
+  with count_compiles() as compiles:
+    third = vi.fit(log_prob, s, opt, 300, key=jax.random.key(1),
+                   sample_size=8, progress_bar=False)
+    jax.block_until_ready(third.params)
+  assert len(compiles) == 0
+
+
+def test_what_invalidates_the_cache_compiles_again():
+  s = vi.surrogates.mean_field_normal(())
+  opt = optax.adam(0.05)
+  vi.fit(log_prob, s, opt, 50, key=jax.random.key(0), progress_bar=False)
+  # The counter can fail: a new optimizer object, or another num_steps, is
+  # a new program.
+  with count_compiles() as compiles:
+    vi.fit(log_prob, s, optax.adam(0.05), 50, key=jax.random.key(0),
+           progress_bar=False)
+  assert len(compiles) > 0
+  with count_compiles() as compiles:
+    vi.fit(log_prob, s, opt, 60, key=jax.random.key(0), progress_bar=False)
+  assert len(compiles) > 0
+
+
+def test_cached_program_follows_new_data_shapes():
+  # Same objects, data with another N: a recompile (JAX's own cache keys on
+  # shapes), and the answer is that of the new data (conjugate mean).
+  s = vi.surrogates.mean_field_normal(())
+  opt = optax.adam(0.05)
+
+  def target(batch, z):
+    return (distrax.Normal(0., 10.).log_prob(z) +
+            batch.scale * jnp.sum(distrax.Normal(z, 1.).log_prob(batch.data)))
+
+  for n, mean in ((20, 1.), (40, -2.)):
+    data = jnp.full((n,), mean)
+    r = vi.fit(target, s, opt, 400, key=jax.random.key(0), sample_size=4,
+               data=data, progress_bar=False)
+    posterior_mean = n * mean / (n + 0.01)
+    np.testing.assert_allclose(float(r.params["loc"][0]), posterior_mean,
+                               atol=0.1)
