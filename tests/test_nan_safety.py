@@ -122,3 +122,49 @@ def test_default_path_has_no_callback_and_grad_flows():
                              rtol=1e-5)
   text = str(jax.make_jaxpr(final_point)(3.))
   assert "callback" not in text and "is_finite" in text
+
+
+def test_nonfinite_update_with_finite_gradients_is_skipped():
+  # optax.adam(nan): loss and gradients are finite, the update is NaN. The
+  # guard checks the updated params too, so no step is taken and the
+  # returned params are the initial ones (finite), as the warning says.
+  s = vi.surrogates.mean_field_normal(())
+  key = jax.random.key(0)
+  with pytest.warns(RuntimeWarning, match="last finite ones"):
+    r = vi.fit(normal_normal_log_prob, s, optax.adam(jnp.nan), 100, key=key,
+               max_consecutive_nonfinite=5)
+  init = s.init(jax.random.split(key)[0])
+  for got, want in zip(jax.tree_util.tree_leaves(r.params),
+                       jax.tree_util.tree_leaves(init)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+  assert bool(r.diverged) and int(r.num_nonfinite) == 5
+  np.testing.assert_array_equal(np.asarray(r.skipped), np.arange(100) < 5)
+
+
+def test_skipped_steps_from_nonfinite_data_rows_are_reported():
+  # 2 of 40 rows are NaN; with 4 rows per step (10 steps an epoch) each
+  # epoch has 2 or fewer steps whose minibatch holds a NaN row: those
+  # steps are skipped, counted, marked in FitResult.skipped and warned of.
+  data = jnp.linspace(4., 6., 40).at[jnp.array([3, 17])].set(jnp.nan)
+  target = vi.minibatch.scaled_log_prob(
+      distrax.Normal(0., 10.).log_prob,
+      lambda rows, z: jnp.sum(distrax.Normal(z, 1.).log_prob(rows)))
+  s = vi.surrogates.mean_field_normal(())
+  with pytest.warns(RuntimeWarning, match=r"skipped.*data holds 2 rows"):
+    r = vi.fit(target, s, optax.adam(0.05), 500, key=jax.random.key(2),
+               data=data, batch_size=4, max_consecutive_nonfinite=None)
+  skipped = np.asarray(r.skipped)
+  np.testing.assert_array_equal(skipped, ~np.isfinite(np.asarray(r.trace)))
+  assert 0 < skipped.sum() == int(r.num_nonfinite) <= 2 * 50
+  assert not bool(r.diverged)
+  assert np.isfinite(float(r.params["loc"][0]))
+
+
+def test_nonfinite_data_at_init_is_named():
+  data = jnp.ones(10).at[0].set(jnp.nan)
+  target = vi.minibatch.scaled_log_prob(
+      distrax.Normal(0., 10.).log_prob,
+      lambda rows, z: jnp.sum(distrax.Normal(z, 1.).log_prob(rows)))
+  s = vi.surrogates.mean_field_normal(())
+  with pytest.raises(FloatingPointError, match="data holds 1 rows"):
+    vi.fit(target, s, optax.adam(0.05), 10, key=jax.random.key(0), data=data)
