@@ -7,6 +7,7 @@ pure, composable functions (jit, vmap, grad) over pytrees.
 from vi_jax import adapters
 from vi_jax import bijectors
 from vi_jax import checkpoint
+from vi_jax import compile_cache
 from vi_jax import convergence
 from vi_jax import csiszar
 from vi_jax import diagnostics
@@ -42,6 +43,7 @@ __all__ = [
     "bijectors",
     "build",
     "checkpoint",
+    "compile_cache",
     "convergence",
     "csiszar",
     "diagnostics",
