@@ -33,3 +33,16 @@ def test_call_target_uses_tfp_convention():
   assert target.call_target(lambda a, b: a - b, (3., 1.)) == 2.
   assert target.call_target(lambda a, b: a - b, {"b": 3., "a": 1.}) == -2.
   assert target.call_target(lambda z: z * 2, 4.) == 8.
+
+
+def test_bound_target_calling_rule_and_model_params_gradient():
+  # f(model_params, batch, *z): model params first, then the batch, then z.
+  f = lambda mp, batch, a, b: mp["w"] * a + batch * b
+  bound = target.BoundTarget(f, {"w": 2.}, 10.)
+  assert bound(1., 3.) == 32.
+  assert target.call_target(f, {"a": 1., "b": 3.}, ({"w": 2.}, 10.)) == 32.
+  # d/dw sum_n (w a_n + 10 b_n) = sum_n a_n, through the fused `extra` path.
+  z = (jnp.arange(4.), jnp.ones(4))
+  grad = jax.grad(lambda w: jnp.sum(target.batched_target(
+      target.BoundTarget(f, {"w": w}, 10.))(z)))(2.)
+  np.testing.assert_allclose(float(grad), 6.)
