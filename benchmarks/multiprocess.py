@@ -58,7 +58,9 @@ def worker(args):
   if args.num_processes > 1:
     jax.distributed.initialize(
         f"127.0.0.1:{args.port}", num_processes=args.num_processes,
-        process_id=args.process_id, initialization_timeout=120)
+        process_id=args.process_id,
+        coordinator_bind_address=f"127.0.0.1:{args.port}",
+        initialization_timeout=120)
   import statistics
   import distrax
   import jax.numpy as jnp
@@ -107,7 +109,8 @@ def _launch(num_processes, devices, args):
             str(num_processes), "--port", port, "--steps", str(args.steps),
             "--repeats", str(args.repeats), "--batch-size",
             str(args.batch_size), "--sample-size", str(args.sample_size)]
-  env = dict(os.environ, no_grpc_proxy="127.0.0.1,localhost")
+  # Local traffic only: no proxies (they can hang jax.distributed).
+  env = {k: v for k, v in os.environ.items() if "_proxy" not in k.lower()}
   procs = [subprocess.Popen(
       [sys.executable, "-m", "benchmarks.multiprocess", "--process-id", str(i)]
       + common, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

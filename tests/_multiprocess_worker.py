@@ -51,7 +51,9 @@ def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         f"127.0.0.1:{args.port}", num_processes=args.num_processes,
-        process_id=args.process_id, initialization_timeout=60)
+        process_id=args.process_id,
+        coordinator_bind_address=f"127.0.0.1:{args.port}",
+        initialization_timeout=60)
   import distrax
   import jax.numpy as jnp
   import numpy as np

@@ -38,11 +38,11 @@ def _free_port() -> int:
 
 
 def _env():
-  env = dict(os.environ)
+  # Local traffic only: no proxies (they can hang jax.distributed).
+  env = {k: v for k, v in os.environ.items() if "_proxy" not in k.lower()}
   env.pop("XLA_FLAGS", None)  # the worker sets its own device count
   env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get(
       "PYTHONPATH", "")
-  env["no_grpc_proxy"] = "127.0.0.1,localhost"  # coordinator traffic stays local
   return env
 
 
