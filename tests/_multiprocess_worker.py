@@ -79,7 +79,7 @@ def main():
   key = jax.random.key(0)
   kw = dict(key=key, sample_size=SAMPLE_SIZE, data=data,
             batch_size=BATCH_SIZE, num_shards=NUM_SHARDS,
-            progress_bar=None if vi.sharding.is_main_process() else False)
+            progress_bar=False)  # the same program on every process
   fit = lambda n, **extra: vi.fit(target, surrogate, opt, n, **kw, **extra)
 
   out = {}

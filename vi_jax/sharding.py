@@ -24,11 +24,13 @@ rows, and runs the very same program (SPMD):
     data = vi.sharding.shard_data((x_i, y_i))   # this process's rows only
     result = vi.fit(target, q, opt, 1000, key=jax.random.key(0), data=data,
                     batch_size=512, num_shards=vi.sharding.num_devices(data),
-                    progress_bar=vi.sharding.is_main_process())
+                    progress_bar=False)  # the same on every process
 
 The global data are the processes' rows stacked in process order (process
 0's rows first), one block per device, so the fit equals a one-process fit
-on the stacked rows with the same `num_shards`. Params and the loop state
+on the stacked rows with the same `num_shards`. Every process must build the
+same program (the same arguments, `progress_bar` included: a bar compiled
+into one process only desynchronizes the collectives). Params and the loop state
 come back replicated on every process; `vi.checkpoint.save(...,
 format="orbax")` writes them from all processes together.
 """
