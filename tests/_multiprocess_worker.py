@@ -38,6 +38,18 @@ def _params(result):
   return {f"param_{k}": v for k, v in result.params.items()}
 
 
+def _gloo_on_loopback():
+  """Makes gloo listen on 127.0.0.1 (by default it binds the address the
+  host name resolves to). jax 0.10 does not pass jaxlib's `hostname` argument
+  through, so the factory it calls is wrapped; skipped if that moves."""
+  from jax._src import xla_bridge
+  make = getattr(xla_bridge._jax, "make_gloo_tcp_collectives", None)
+  if make is not None:
+    xla_bridge._jax.make_gloo_tcp_collectives = (
+        lambda distributed_client, **kw: make(
+            distributed_client, **{"hostname": "127.0.0.1", **kw}))
+
+
 def main():
   args = _args()
   # Host devices must be set before jax is imported.
@@ -49,6 +61,7 @@ def main():
     # CPU collectives between processes: gloo (jax's default on CPU since
     # 0.5; set explicitly so an older default of "none" fails loudly here).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _gloo_on_loopback()
     jax.distributed.initialize(
         f"127.0.0.1:{args.port}", num_processes=args.num_processes,
         process_id=args.process_id,
