@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -88,7 +89,7 @@ def shard_data(data: PyTree, mesh: Optional[Mesh] = None) -> PyTree:
 
   Raises:
     ValueError: the rows are not divisible by the (process-local) devices of
-      the mesh's data axis.
+      the mesh's data axis, or processes pass different numbers of rows.
   """
   mesh = data_mesh() if mesh is None else mesh
   n = num_rows(data)
@@ -104,6 +105,10 @@ def shard_data(data: PyTree, mesh: Optional[Mesh] = None) -> PyTree:
     raise ValueError(
         f"process {jax.process_index()}'s data has {n} rows, not divisible by "
         f"its {d} devices on the mesh's data axis.")
+  counts = np.asarray(multihost_utils.process_allgather(np.int32(n))).ravel()
+  if np.any(counts != n):
+    raise ValueError("every process must pass the same number of rows to "
+                     f"shard_data; got {counts.tolist()} (by process).")
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       data)
