@@ -38,8 +38,10 @@ def _logistic_target():
                               jax.nn.softplus(rows[0] @ w)))
 
 
-@pytest.mark.parametrize("case", ["plain", "minibatch_criterion"])
-def test_resume_n_then_m_is_bit_identical(tmp_path, case):
+@pytest.mark.parametrize("case,fmt", [("plain", "npz"),
+                                      ("minibatch_criterion", "npz"),
+                                      ("minibatch_criterion", "orbax")])
+def test_resume_n_then_m_is_bit_identical(tmp_path, case, fmt):
   key = jax.random.key(3)
   opt = optax.adam(optax.exponential_decay(0.1, 300, 0.1))
   if case == "plain":
@@ -55,9 +57,10 @@ def test_resume_n_then_m_is_bit_identical(tmp_path, case):
   n, m = 130, 170
   whole = vi.fit(target, s, opt, n + m, key=key, **kw)
   first = vi.fit(target, s, opt, n, key=key, **kw)
-  path = tmp_path / "state.npz"
-  checkpoint.save(path, first.state)
-  loaded = checkpoint.load(path, like=jax.eval_shape(lambda: first.state))
+  path = tmp_path / ("state.npz" if fmt == "npz" else "state")
+  checkpoint.save(path, first.state, format=fmt)
+  loaded = checkpoint.load(path, like=jax.eval_shape(lambda: first.state),
+                           format=fmt)
   _assert_trees_equal(loaded, first.state)
   second = vi.fit(target, s, opt, m, key=key, init_state=loaded, **kw)
   _assert_trees_equal(second.state, whole.state)
@@ -70,20 +73,27 @@ def test_resume_n_then_m_is_bit_identical(tmp_path, case):
   assert int(second.state.step) == n + m
 
 
-def test_load_checks_structure_shapes_and_dtypes(tmp_path):
+@pytest.mark.parametrize("fmt", ["npz", "orbax"])
+def test_load_checks_structure_shapes_and_dtypes(tmp_path, fmt):
   s = vi.surrogates.mean_field_normal((2,))
   alg = vi.build(normal_normal_log_prob, s, optax.adam(0.1))
   state = alg.init(jax.random.key(0))
-  path = tmp_path / "s.npz"
-  checkpoint.save(path, state)
+  path = tmp_path / ("s.npz" if fmt == "npz" else "s")
+  checkpoint.save(path, state, format=fmt)
   other = vi.build(normal_normal_log_prob, s, optax.sgd(0.1)).init(
       jax.random.key(0))
   with pytest.raises(ValueError, match="tree structure"):
-    checkpoint.load(path, like=other)
+    checkpoint.load(path, like=other, format=fmt)
   bigger = vi.build(normal_normal_log_prob, vi.surrogates.mean_field_normal(
       (3,)), optax.adam(0.1)).init(jax.random.key(0))
   with pytest.raises(ValueError, match="expects"):
-    checkpoint.load(path, like=bigger)
+    checkpoint.load(path, like=bigger, format=fmt)
+  with pytest.raises(ValueError, match="format must be one of"):
+    checkpoint.save(path, state, format="pickle")
+  if fmt == "orbax":
+    with pytest.raises(ValueError, match="not a vi_jax orbax checkpoint"):
+      checkpoint.load(tmp_path / "missing", like=state, format="orbax")
+    return
   np.save(tmp_path / "x.npy", np.zeros(2))
   np.savez(tmp_path / "bad.npz", a=np.zeros(2))
   with pytest.raises(ValueError, match="not a vi_jax checkpoint"):
@@ -91,3 +101,20 @@ def test_load_checks_structure_shapes_and_dtypes(tmp_path):
   with pytest.raises(ValueError, match="init_state"):
     vi.fit(normal_normal_log_prob, s, optax.sgd(0.1), 5,
            key=jax.random.key(0), init_state=state)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "orbax"])
+def test_typed_key_leaves_round_trip(tmp_path, fmt):
+  tree = {"key": jax.random.key(7), "keys": jax.random.split(
+      jax.random.key(1), 3), "x": jnp.arange(3.)}
+  path = tmp_path / ("t.npz" if fmt == "npz" else "t")
+  checkpoint.save(path, tree, format=fmt)
+  got = checkpoint.load(path, like=tree, format=fmt)
+  for k in ("key", "keys"):
+    assert jnp.issubdtype(got[k].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(got[k]),
+                                  jax.random.key_data(tree[k]))
+  # The restored keys draw the numbers the saved ones draw.
+  np.testing.assert_array_equal(jax.random.normal(got["key"]),
+                                jax.random.normal(tree["key"]))
+  np.testing.assert_array_equal(got["x"], tree["x"])

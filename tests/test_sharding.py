@@ -70,3 +70,12 @@ def test_four_host_devices_match_one_device():
     # The per-device likelihoods are summed across devices, and the data is
     # never gathered onto one device.
     assert r["all_reduce"] and not r["all_gather_of_data"], out
+
+
+def test_one_process_is_main_and_mesh_keeps_device_order():
+  import jax
+  import vi_jax as vi
+  assert jax.process_count() == 1 and vi.sharding.is_main_process()
+  mesh = vi.sharding.data_mesh()
+  assert list(mesh.devices) == jax.devices()
+  assert mesh.axis_names == ("data",)
