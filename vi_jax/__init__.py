@@ -28,12 +28,15 @@ from vi_jax.fit import build
 from vi_jax.fit import fit
 from vi_jax.kl import kl_divergence
 from vi_jax.kl import monte_carlo_kl
+from vi_jax.pathfinder import PathfinderResult
+from vi_jax.pathfinder import pathfinder
 from vi_jax.surrogates import Surrogate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FitResult",
+    "PathfinderResult",
     "Surrogate",
     "TraceableQuantities",
     "VIAlgorithm",
@@ -52,6 +55,7 @@ __all__ = [
     "losses",
     "minibatch",
     "monte_carlo_kl",
+    "pathfinder",
     "plots",
     "progress",
     "restarts",
