@@ -28,6 +28,8 @@ from vi_jax.fit import build
 from vi_jax.fit import fit
 from vi_jax.kl import kl_divergence
 from vi_jax.kl import monte_carlo_kl
+from vi_jax.laplace import LaplaceResult
+from vi_jax.laplace import laplace
 from vi_jax.pathfinder import PathfinderResult
 from vi_jax.pathfinder import pathfinder
 from vi_jax.surrogates import Surrogate
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FitResult",
+    "LaplaceResult",
     "PathfinderResult",
     "Surrogate",
     "TraceableQuantities",
@@ -52,6 +55,7 @@ __all__ = [
     "fit",
     "kl",
     "kl_divergence",
+    "laplace",
     "losses",
     "minibatch",
     "monte_carlo_kl",

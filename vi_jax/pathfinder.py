@@ -25,7 +25,6 @@ import optax
 from vi_jax import bijectors as bij_lib
 from vi_jax import diagnostics
 from vi_jax._types import Array, Params, PyTree
-from vi_jax.fit import _check_key
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 from vi_jax.target import call_target, check_target
@@ -109,6 +108,12 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
   if int(value) < minimum:
     raise ValueError(f"{name} must be >= {minimum}; got {value}.")
   return int(value)
+
+
+def check_key(key) -> None:
+  """`vi.fit`'s key check (imported late: vi_jax.fit imports the surrogates)."""
+  from vi_jax.fit import _check_key  # pylint: disable=g-import-not-at-top
+  _check_key(key)
 
 
 def check_target_on_space(target_log_prob_fn, space, dtype) -> None:
@@ -381,7 +386,7 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
     `pathfinder` method; `blackjax.vi.pathfinder`; Vehtari et al. (2024),
     "Pareto smoothed importance sampling", JMLR 25(72).
   """
-  _check_key(key)
+  check_key(key)
   ints = {name: check_positive_int(name, value) for name, value in (
       ("num_paths", num_paths), ("max_iterations", max_iterations),
       ("history_size", history_size), ("num_elbo_draws", num_elbo_draws),

@@ -19,6 +19,8 @@ from vi_jax.surrogates.mean_field import mean_field_normal
 from vi_jax.surrogates.mixture import mixture
 from vi_jax.surrogates.structured import joint
 from vi_jax.surrogates.structured import point_mass
+# Last: vi_jax.laplace builds on the families above.
+from vi_jax.laplace import laplace  # noqa: E402  pylint: disable=g-bad-import-order
 
 __all__ = [
     "Surrogate",
@@ -32,6 +34,7 @@ __all__ = [
     "full_rank_scale_tril",
     "inverse_autoregressive_flow",
     "joint",
+    "laplace",
     "low_rank_normal",
     "mean_field_normal",
     "mixture",
