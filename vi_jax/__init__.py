@@ -20,6 +20,7 @@ from vi_jax import restarts
 from vi_jax import sharding
 from vi_jax import surrogates
 from vi_jax import target
+from vi_jax import whitening
 from vi_jax.fit import FitResult
 from vi_jax.fit import TraceableQuantities
 from vi_jax.fit import VIAlgorithm
@@ -66,4 +67,5 @@ __all__ = [
     "sharding",
     "surrogates",
     "target",
+    "whitening",
 ]
