@@ -21,6 +21,7 @@ from vi_jax import restarts
 from vi_jax import sharding
 from vi_jax import surrogates
 from vi_jax import target
+from vi_jax import whitening
 from vi_jax.fit import FitResult
 from vi_jax.fit import TraceableQuantities
 from vi_jax.fit import VIAlgorithm
@@ -29,12 +30,18 @@ from vi_jax.fit import build
 from vi_jax.fit import fit
 from vi_jax.kl import kl_divergence
 from vi_jax.kl import monte_carlo_kl
+from vi_jax.laplace import LaplaceResult
+from vi_jax.laplace import laplace
+from vi_jax.pathfinder import PathfinderResult
+from vi_jax.pathfinder import pathfinder
 from vi_jax.surrogates import Surrogate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FitResult",
+    "LaplaceResult",
+    "PathfinderResult",
     "Surrogate",
     "TraceableQuantities",
     "VIAlgorithm",
@@ -51,13 +58,16 @@ __all__ = [
     "fit",
     "kl",
     "kl_divergence",
+    "laplace",
     "losses",
     "minibatch",
     "monte_carlo_kl",
+    "pathfinder",
     "plots",
     "progress",
     "restarts",
     "sharding",
     "surrogates",
     "target",
+    "whitening",
 ]
