@@ -172,7 +172,8 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
     tol_se: target Monte Carlo standard error of the -ELBO estimate (nats);
       `float("inf")` never grows the draws.
     gtol: gradient tolerance (largest absolute entry).
-    ftol: relative decrease tolerance (None: 10 x the params' machine eps).
+    ftol: relative decrease tolerance (None: the params' machine eps, i.e.
+      stop when an iteration no longer decreases the loss measurably).
 
   Returns:
     `DADVIResult(params, loss, loss_se, num_draws, num_grad_evals,
@@ -215,7 +216,7 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
     _check_init_params(surrogate, key, init_params)
   flat, _ = ravel_pytree(init_params)
   eps = float(jnp.finfo(flat.dtype).eps)
-  ftol = 10 * eps if ftol is None else _check_positive_float("ftol", ftol)
+  ftol = eps if ftol is None else _check_positive_float("ftol", ftol)
   dim, m_min = _draws_needed(surrogate, init_params, flat.size)
   m = max(m, m_min)
   if m > max_m:
