@@ -1,6 +1,7 @@
 """Tests of vi_jax.dadvi against closed forms of the fixed-draw problem."""
 
 import contextlib
+import importlib
 
 import chex
 import jax
@@ -20,6 +21,7 @@ MU = np.array([0.5, -1., 2.])
 
 
 Q_MF = vi.surrogates.mean_field_normal(D)  # shared: its solves compile once
+FIXED = dict(tol_se=np.inf, tol_mean_se=np.inf)  # M never grows
 
 
 def gaussian_log_prob(x):
@@ -44,7 +46,7 @@ def test_linear_response_covariance_is_exact_on_gaussian():
   # covariance at the DADVI optimum is the exact posterior covariance.
   q = Q_MF
   key = jax.random.key(1)
-  res = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, tol_se=np.inf)
+  res = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, **FIXED)
   assert bool(res.converged)
   sd = np.asarray(q.distribution_fn(res.params).stddev())
   np.testing.assert_allclose(sd, 1 / np.sqrt(np.diag(PREC)), rtol=0.2)
@@ -62,7 +64,7 @@ def test_full_rank_recovers_closed_form_saa_optimum():
   # m = mu - L epsbar.
   q = vi.surrogates.full_rank_normal(D)
   key = jax.random.key(2)
-  res = vi.dadvi(gaussian_log_prob, q, key=key, tol_se=np.inf)
+  res = vi.dadvi(gaussian_log_prob, q, key=key, **FIXED)
   assert int(res.num_draws) == 30 and bool(res.converged)
   m = int(res.num_draws)
   _, eps, mean, cov = _draws_and_eps(q, res.params, key, m)
@@ -96,7 +98,7 @@ def test_mean_field_on_linear_regression_gets_mean_field_optimum():
 
   q = vi.surrogates.mean_field_normal(D)
   key = jax.random.key(4)
-  res = vi.dadvi(log_prob, q, key=key, num_draws=200, tol_se=np.inf)
+  res = vi.dadvi(log_prob, q, key=key, num_draws=200, **FIXED)
   z, eps, m, cov = _draws_and_eps(q, res.params, key, int(res.num_draws))
   s = np.sqrt(np.diag(cov))
   # Stationarity of the fixed-draw objective, in closed form:
@@ -118,7 +120,7 @@ def stats_norm_logpdf(r):
 def test_loss_and_se_are_the_per_draw_elbo_terms():
   q = Q_MF
   key = jax.random.key(5)
-  res = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, tol_se=np.inf)
+  res = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, **FIXED)
   z, _, m, cov = _draws_and_eps(q, res.params, key, 16)
   log_p = stats.multivariate_normal(MU, COV).logpdf(z) + 0.5 * np.log(
       np.linalg.det(2 * np.pi * COV))  # the target is unnormalized
@@ -133,24 +135,39 @@ def test_loss_and_se_are_the_per_draw_elbo_terms():
 def test_draws_grow_while_the_se_is_above_tol():
   q = Q_MF  # mean-field misfit: log p - log q varies over the draws
   key = jax.random.key(6)
-  fixed = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=8, tol_se=np.inf)
+  fixed = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=8, **FIXED)
   assert int(fixed.num_draws) == 8
   tol = float(fixed.loss_se) / 2.5  # needs about 6x the draws: 8 -> 32 or 64
   grown = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=8, max_draws=256,
-                   tol_se=tol)
+                   tol_se=tol, tol_mean_se=np.inf)
   assert int(grown.num_draws) in (32, 64, 128)
   assert float(grown.loss_se) <= tol and bool(grown.converged)
   assert int(grown.num_grad_evals) > int(fixed.num_grad_evals)
   with pytest.warns(UserWarning, match="tol_se"):
     capped = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=8,
-                      max_draws=16, tol_se=tol)
+                      max_draws=16, tol_se=tol, tol_mean_se=np.inf)
   assert int(capped.num_draws) == 16 and not bool(capped.converged)
+
+
+def test_sandwich_standard_error_of_the_means():
+  # Gaussian target, mean-field: the fixed-draw optimum is m = mu - s * epsbar
+  # (see above), so the fitted means err by s / sqrt(M) in sd units.
+  dadvi_module = importlib.import_module("vi_jax.dadvi")
+  key = jax.random.key(9)
+  res = vi.dadvi(gaussian_log_prob, Q_MF, key=key, num_draws=32, **FIXED)
+  ratio = dadvi_module._mean_se_ratio(gaussian_log_prob, Q_MF, 32, res.params,
+                                      key)
+  np.testing.assert_allclose(ratio, 1 / np.sqrt(32), rtol=0.3)
+  # Growing on it: 1/sqrt(M) <= 0.2 needs M >= 25: 16 -> 32.
+  grown = vi.dadvi(gaussian_log_prob, Q_MF, key=key, num_draws=16,
+                   tol_se=np.inf, tol_mean_se=0.2)
+  assert int(grown.num_draws) in (32, 64) and bool(grown.converged)
 
 
 def test_full_rank_raises_draws_to_dim_plus_one():
   q = vi.surrogates.full_rank_normal(D)
   res = vi.dadvi(gaussian_log_prob, q, key=jax.random.key(7), num_draws=2,
-                 tol_se=np.inf)
+                 **FIXED)
   assert int(res.num_draws) == D + 1
   # With D + 1 draws the sample covariance of the base draws is nonsingular:
   # the optimum is finite (L S L' = Sigma, see above).
@@ -168,6 +185,7 @@ def test_full_rank_raises_draws_to_dim_plus_one():
     (dict(num_draws=2.5), "num_draws"),
     (dict(max_iterations=0), "max_iterations"),
     (dict(tol_se=-1.), "tol_se"),
+    (dict(tol_mean_se=0.), "tol_mean_se"),
     (dict(gtol=0.), "gtol"),
     (dict(key=None), "key"),
     (dict(init_params={"loc": jnp.zeros(2)}), "init_params"),
@@ -207,9 +225,9 @@ def _count_compiles():
 def test_compiles_once_when_called_twice():
   q = Q_MF
   key = jax.random.key(8)
-  first = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, tol_se=np.inf)
+  first = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, **FIXED)
   with _count_compiles() as compiles:
     second = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16,
-                      tol_se=np.inf)
+                      **FIXED)
   assert not compiles
   np.testing.assert_array_equal(first.params["loc"], second.params["loc"])
