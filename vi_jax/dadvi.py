@@ -46,6 +46,7 @@ __all__ = ["DADVIResult", "dadvi", "dadvi_linear_response_covariance"]
 # The sandwich estimate forms the P x P Hessian: only up to this many params
 # (full-rank up to ~60 latent dimensions, mean-field up to 1000).
 _MAX_SANDWICH_PARAMS = 2000
+_SCIPY_FTOL = 2.220446049250313e-09  # scipy L-BFGS-B: factr 1e7 x float64 eps
 
 
 class DADVIResult(NamedTuple):
@@ -118,7 +119,8 @@ def _check_positive_float(name, value, allow_inf=False) -> float:
   except (TypeError, ValueError):
     raise TypeError(f"{name} must be a float > 0; got {value!r}.") from None
   if not out > 0 or (math.isinf(out) and not allow_inf):
-    raise ValueError(f"{name} must be a finite float > 0; got {value!r}.")
+    kind = "float > 0 (inf allowed)" if allow_inf else "finite float > 0"
+    raise ValueError(f"{name} must be a {kind}; got {value!r}.")
   return out
 
 
@@ -189,8 +191,9 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
       fitted sds; `float("inf")`: not estimated (saves about (P + 1) M
       gradient evaluations per solve, P the number of params).
     gtol: gradient tolerance (largest absolute entry).
-    ftol: relative decrease tolerance (None: the params' machine eps, i.e.
-      stop when an iteration no longer decreases the loss measurably).
+    ftol: relative decrease tolerance (None: scipy L-BFGS-B's 2.2e-9, or
+      the params' machine eps when larger (float32), i.e. stop when an
+      iteration no longer decreases the loss measurably).
 
   Returns:
     `DADVIResult(params, loss, loss_se, num_draws, num_grad_evals,
@@ -238,7 +241,8 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
     _check_init_params(surrogate, key, init_params)
   flat, _ = ravel_pytree(init_params)
   eps = float(jnp.finfo(flat.dtype).eps)
-  ftol = eps if ftol is None else _check_positive_float("ftol", ftol)
+  ftol = max(eps, _SCIPY_FTOL) if ftol is None else _check_positive_float(
+      "ftol", ftol)
   dim, m_min = _draws_needed(surrogate, init_params, flat.size)
   m = max(m, m_min)
   if m > max_m:
