@@ -5,6 +5,7 @@ pure, composable functions (jit, vmap, grad) over pytrees.
 """
 
 from vi_jax import adapters
+from vi_jax import adaptive
 from vi_jax import bijectors
 from vi_jax import checkpoint
 from vi_jax import compile_cache
@@ -22,6 +23,11 @@ from vi_jax import sharding
 from vi_jax import surrogates
 from vi_jax import target
 from vi_jax import whitening
+from vi_jax.adaptive import AdaptiveResult
+from vi_jax.adaptive import fit_adaptive
+from vi_jax.dadvi import DADVIResult
+from vi_jax.dadvi import dadvi
+from vi_jax.dadvi import dadvi_linear_response_covariance
 from vi_jax.fit import FitResult
 from vi_jax.fit import TraceableQuantities
 from vi_jax.fit import VIAlgorithm
@@ -39,6 +45,8 @@ from vi_jax.surrogates import Surrogate
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveResult",
+    "DADVIResult",
     "FitResult",
     "LaplaceResult",
     "PathfinderResult",
@@ -47,15 +55,19 @@ __all__ = [
     "VIAlgorithm",
     "VIState",
     "adapters",
+    "adaptive",
     "bijectors",
     "build",
     "checkpoint",
     "compile_cache",
     "convergence",
     "csiszar",
+    "dadvi",
+    "dadvi_linear_response_covariance",
     "diagnostics",
     "export",
     "fit",
+    "fit_adaptive",
     "kl",
     "kl_divergence",
     "laplace",

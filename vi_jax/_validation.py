@@ -136,3 +136,12 @@ def matching_tree(name, expected, given, hint) -> None:
   if shape(expected) != shape(given):
     raise ValueError(f"{name} {hint}: expected leaf shapes {shape(expected)}, "
                      f"got {shape(given)}.")
+
+
+def surrogate_params(name: str, surrogate, key, params) -> None:
+  """Raises unless `params` are float params shaped like `surrogate.init(key)`."""
+  matching_tree(
+      name, jax.eval_shape(surrogate.init, key), params,
+      "must be params of this surrogate, shaped like surrogate.init(key) "
+      "(e.g. full-rank params do not fit a mean-field surrogate)")
+  float_pytree(name, params)

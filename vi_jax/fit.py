@@ -357,11 +357,7 @@ def _check_start(spec, key, init_params, init_state) -> Optional[Params]:
         "to resume)")
     return init_state.params
   if init_params is not None:
-    vv.matching_tree(
-        "init_params", jax.eval_shape(spec.surrogate.init, key), init_params,
-        "must be params of this surrogate, shaped like surrogate.init(key) "
-        "(e.g. full-rank params do not fit a mean-field surrogate)")
-    float_pytree("init_params", init_params)
+    vv.surrogate_params("init_params", spec.surrogate, key, init_params)
   return init_params
 
 

@@ -16,8 +16,9 @@ import optax
 
 from vi_jax import bijectors as bij_lib
 from vi_jax._types import Array, Params
-from vi_jax.pathfinder import (check_key, check_positive_int, check_target_on_space,
-                               flat_log_density, space_key, space_from_key)
+from vi_jax import _validation as vv
+from vi_jax.pathfinder import (check_target_on_space, flat_log_density, space_key,
+                               space_from_key)
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 
@@ -175,8 +176,8 @@ def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
     Learning Algorithms", ch. 27.
   """
   if key is not None:
-    check_key(key)
-  max_iterations = check_positive_int("max_iterations", max_iterations)
+    vv.prng_key(key)
+  max_iterations = vv.positive_int("max_iterations", max_iterations)
   space = bij_lib.latent_space(event_shape, bijector)
   dtype = default_dtype(dtype)
   check_target_on_space(target_log_prob_fn, space, dtype)

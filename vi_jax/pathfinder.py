@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vi_jax import bijectors as bij_lib
@@ -27,6 +26,7 @@ from vi_jax import diagnostics
 from vi_jax._types import Array, Params, PyTree
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
+from vi_jax import _validation as vv
 from vi_jax.target import call_target, check_target
 
 __all__ = ["PathfinderResult", "pathfinder"]
@@ -100,21 +100,6 @@ def flat_log_density(target_log_prob_fn, space: bij_lib.LatentSpace):
     return log_p + ldj
 
   return log_density
-
-
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-  """`value` as a Python int >= minimum, or a TypeError/ValueError naming it."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be a Python int >= {minimum}; got {value!r}.")
-  if int(value) < minimum:
-    raise ValueError(f"{name} must be >= {minimum}; got {value}.")
-  return int(value)
-
-
-def check_key(key) -> None:
-  """`vi.fit`'s key check (imported late: vi_jax.fit imports the surrogates)."""
-  from vi_jax.fit import _check_key  # pylint: disable=g-import-not-at-top
-  _check_key(key)
 
 
 def check_target_on_space(target_log_prob_fn, space, dtype) -> None:
@@ -415,8 +400,8 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
     `pathfinder` method; `blackjax.vi.pathfinder`; Vehtari et al. (2024),
     "Pareto smoothed importance sampling", JMLR 25(72).
   """
-  check_key(key)
-  ints = {name: check_positive_int(name, value) for name, value in (
+  vv.prng_key(key)
+  ints = {name: vv.positive_int(name, value) for name, value in (
       ("num_paths", num_paths), ("max_iterations", max_iterations),
       ("history_size", history_size), ("num_elbo_draws", num_elbo_draws),
       ("num_draws", num_draws), ("max_linesearch_steps", max_linesearch_steps))}
