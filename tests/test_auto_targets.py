@@ -30,7 +30,8 @@ def _reference_point(t):
 
 def _log_prob_at(t, z):
   one = jax.tree_util.tree_map(lambda x: x[0], z)
-  return float(vi.target.call_target(t.target_log_prob_fn, one))
+  return float(jax.jit(vi.target.call_target, static_argnums=0)(
+      t.target_log_prob_fn, one))
 
 
 @pytest.mark.parametrize("name", _SAME_ORDER)
@@ -101,7 +102,7 @@ def _laplace(t, num_iters=100):
   run = jax.jit(lambda u: jax.lax.scan(step, (u, solver.init(u)), None,
                                        num_iters)[0][0])
   u = run(u)
-  cov = np.linalg.inv(np.asarray(jax.hessian(f)(u), np.float64))
+  cov = np.linalg.inv(np.asarray(jax.jit(jax.hessian(f))(u), np.float64))
   return np.asarray(u), np.sqrt(np.diag(cov))
 
 
