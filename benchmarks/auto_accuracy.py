@@ -338,13 +338,22 @@ def run_auto_fit(target, standin: bool) -> Row:
 
 
 def measure_target(name, config, standin=False) -> list:
+  """Every method's row on target `name`; prints each as it is done."""
   target = auto_targets.get(name)
-  rows = [run_auto_fit(target, standin)]
-  rows += run_pathfinder(target, config)
-  for library in ("blackjax", "numpyro"):
-    for family in peers.FAMILIES:
-      rows.append(run_stochastic(target, library, family, config))
-  rows.append(run_nuts(target, config))
+  runs = [lambda: [run_auto_fit(target, standin)],
+          lambda: run_pathfinder(target, config)]
+  runs += [lambda lib=lib, fam=fam: [run_stochastic(target, lib, fam, config)]
+           for lib in ("blackjax", "numpyro") for fam in peers.FAMILIES]
+  runs.append(lambda: [run_nuts(target, config)])
+  rows = []
+  for run in runs:
+    t0 = time.perf_counter()
+    new = run()
+    for r in new:
+      print(f"  {name} / {r.method}: {'reached' if r.reached else 'not reached'}"
+            f" at {r.grad_evals} grad evals ({time.perf_counter() - t0:.1f} s "
+            "with its accuracy checks)", flush=True)
+    rows += new
   return rows
 
 
