@@ -71,7 +71,12 @@ def _vi_jax(target, family, optimizer, sample_size, num_steps):
   return run
 
 
-def _numpyro(target, family, optimizer, sample_size, num_steps):
+def numpyro_svi(target, family, optimizer, sample_size):
+  """NumPyro's `SVI` on `target`'s flat density (see the module docstring).
+
+  `target` needs `dim` and `unconstrained_log_prob`. Used by `_numpyro` and by
+  `benchmarks.auto_accuracy`, which steps `svi.update` in chunks.
+  """
   import numpyro  # pylint: disable=g-import-not-at-top
   from numpyro import distributions as dist  # pylint: disable=g-import-not-at-top
   from numpyro.infer import SVI, Trace_ELBO, autoguide, init_to_value  # pylint: disable=g-import-not-at-top
@@ -90,19 +95,28 @@ def _numpyro(target, family, optimizer, sample_size, num_steps):
   else:
     guide = autoguide.AutoMultivariateNormal(model, init_loc_fn=init,
                                              init_scale=INIT_SCALE)
-  svi = SVI(model, guide, optimizer, Trace_ELBO(num_particles=sample_size))
+  return SVI(model, guide, optimizer, Trace_ELBO(num_particles=sample_size))
+
+
+def numpyro_fitted(params, family, losses) -> Fitted:
+  """`Fitted` from NumPyro's (constrained) guide params."""
+  if family == "mean-field":
+    return Fitted(params["u_auto_loc"], params["u_auto_scale"], losses)
+  return Fitted(params["auto_loc"], params["auto_scale_tril"], losses)
+
+
+def _numpyro(target, family, optimizer, sample_size, num_steps):
+  svi = numpyro_svi(target, family, optimizer, sample_size)
 
   def run(key):
     result = svi.run(key, num_steps, progress_bar=False)
-    p = result.params
-    if family == "mean-field":
-      return Fitted(p["u_auto_loc"], p["u_auto_scale"], result.losses)
-    return Fitted(p["auto_loc"], p["auto_scale_tril"], result.losses)
+    return numpyro_fitted(result.params, family, result.losses)
 
   return run
 
 
-def _blackjax(target, family, optimizer, sample_size, num_steps):
+def blackjax_vi(target, family, optimizer, sample_size):
+  """(Blackjax's VIAlgorithm, its initial state at loc 0, scale 0.1)."""
   import blackjax  # pylint: disable=g-import-not-at-top
   from blackjax.vi import fullrank_vi, meanfield_vi  # pylint: disable=g-import-not-at-top
   dim = target.dim
@@ -116,6 +130,20 @@ def _blackjax(target, family, optimizer, sample_size, num_steps):
   else:
     chol = jnp.concatenate([log_s, jnp.zeros((dim * (dim - 1) // 2,))])
     state = fullrank_vi.FRVIState(mu, chol, optimizer.init((mu, chol)))
+  return alg, state
+
+
+def blackjax_fitted(state, family, losses) -> Fitted:
+  """`Fitted` from a Blackjax mean-field / full-rank VI state."""
+  from blackjax.vi import fullrank_vi  # pylint: disable=g-import-not-at-top
+  if family == "mean-field":
+    return Fitted(state.mu, jnp.exp(state.rho), losses)
+  return Fitted(state.mu, fullrank_vi._unflatten_cholesky(  # pylint: disable=protected-access
+      state.chol_params, state.mu.shape[-1]), losses)
+
+
+def _blackjax(target, family, optimizer, sample_size, num_steps):
+  alg, state = blackjax_vi(target, family, optimizer, sample_size)
 
   def run(key):
 
@@ -124,10 +152,7 @@ def _blackjax(target, family, optimizer, sample_size, num_steps):
       return state, info.elbo  # blackjax's `elbo` field holds -ELBO
 
     final, losses = jax.lax.scan(body, state, jax.random.split(key, num_steps))
-    if family == "mean-field":
-      return Fitted(final.mu, jnp.exp(final.rho), losses)
-    return Fitted(final.mu, fullrank_vi._unflatten_cholesky(  # pylint: disable=protected-access
-        final.chol_params, dim), losses)
+    return blackjax_fitted(final, family, losses)
 
   return run
 
