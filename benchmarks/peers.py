@@ -51,15 +51,12 @@ def _inv_softplus(x):
 
 def _vi_jax(target, family, optimizer, sample_size, num_steps):
   import vi_jax as vi  # pylint: disable=g-import-not-at-top
-  from tensorflow_probability.substrates import jax as tfp  # pylint: disable=g-import-not-at-top
   if family == "mean-field":
     surrogate = vi.surrogates.mean_field_normal(
         target.event_shape, target.bijector, init_scale=INIT_SCALE)
   else:
     surrogate = vi.surrogates.full_rank_normal(
         target.event_shape, target.bijector, init_scale=INIT_SCALE)
-  fill = tfp.bijectors.FillScaleTriL(diag_bijector=tfp.bijectors.Softplus(),
-                                     diag_shift=jnp.float32(1e-5))
 
   def run(key):
     result = vi.fit(target.target_log_prob_fn, surrogate, optimizer, num_steps,
@@ -68,7 +65,7 @@ def _vi_jax(target, family, optimizer, sample_size, num_steps):
     if family == "mean-field":
       scale = jax.nn.softplus(p["raw_scale"])
     else:
-      scale = fill.forward(p["raw_scale_tril"])
+      scale = vi.surrogates.full_rank_scale_tril(p)
     return Fitted(p["loc"], scale, result.trace)
 
   return run

@@ -78,7 +78,7 @@ def test_joint_merge_full_rank_globals_mean_field_locals_matches_tfp():
   z, log_q = jax.jit(s.sample_and_log_prob, static_argnums=2)(params, KEY, 6)
   assert sorted(z) == ["mu", "tau", "theta"]
   g, l = params[0], params[1]
-  tril = tfb.FillScaleTriL(diag_shift=1e-5).forward(g["raw_scale_tril"])
+  tril = S.full_rank_scale_tril(g)
   glob = tfd.TransformedDistribution(
       tfd.MultivariateNormalTriL(g["loc"], tril),
       tfb.Blockwise([tfb.Identity(), tfb.Softplus()]))

@@ -34,6 +34,10 @@ from vi_jax.fit import build
 from vi_jax.fit import fit
 from vi_jax.kl import kl_divergence
 from vi_jax.kl import monte_carlo_kl
+from vi_jax.laplace import LaplaceResult
+from vi_jax.laplace import laplace
+from vi_jax.pathfinder import PathfinderResult
+from vi_jax.pathfinder import pathfinder
 from vi_jax.surrogates import Surrogate
 
 __version__ = "0.1.0"
@@ -42,6 +46,8 @@ __all__ = [
     "AdaptiveResult",
     "DADVIResult",
     "FitResult",
+    "LaplaceResult",
+    "PathfinderResult",
     "Surrogate",
     "TraceableQuantities",
     "VIAlgorithm",
@@ -61,9 +67,11 @@ __all__ = [
     "fit_adaptive",
     "kl",
     "kl_divergence",
+    "laplace",
     "losses",
     "minibatch",
     "monte_carlo_kl",
+    "pathfinder",
     "plots",
     "progress",
     "restarts",

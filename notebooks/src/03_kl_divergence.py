@@ -121,8 +121,7 @@ def kl_of(surrogate_kind, params):
     q = distrax.MultivariateNormalDiag(params["loc"],
                                        jax.nn.softplus(params["raw_scale"]))
   else:
-    tril = tfp.bijectors.FillScaleTriL(diag_shift=1e-5).forward(
-        params["raw_scale_tril"])
+    tril = vi.surrogates.full_rank_scale_tril(params)
     q = distrax.MultivariateNormalTri(params["loc"], tril)
   return float(vi.kl_divergence(q, p_2d)), q
 

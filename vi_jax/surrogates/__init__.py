@@ -12,11 +12,15 @@ from vi_jax.surrogates.flows import inverse_autoregressive_flow
 from vi_jax.surrogates.flows import neural_spline_flow
 from vi_jax.surrogates.flows import real_nvp
 from vi_jax.surrogates.full_rank import full_rank_normal
+from vi_jax.surrogates.full_rank import full_rank_params
+from vi_jax.surrogates.full_rank import full_rank_scale_tril
 from vi_jax.surrogates.low_rank import low_rank_normal
 from vi_jax.surrogates.mean_field import mean_field_normal
 from vi_jax.surrogates.mixture import mixture
 from vi_jax.surrogates.structured import joint
 from vi_jax.surrogates.structured import point_mass
+# Last: vi_jax.laplace builds on the families above.
+from vi_jax.laplace import laplace  # noqa: E402  pylint: disable=g-bad-import-order
 
 __all__ = [
     "Surrogate",
@@ -26,8 +30,11 @@ __all__ = [
     "from_distribution",
     "from_prior",
     "full_rank_normal",
+    "full_rank_params",
+    "full_rank_scale_tril",
     "inverse_autoregressive_flow",
     "joint",
+    "laplace",
     "low_rank_normal",
     "mean_field_normal",
     "mixture",
