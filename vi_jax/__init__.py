@@ -21,6 +21,7 @@ from vi_jax import restarts
 from vi_jax import sharding
 from vi_jax import surrogates
 from vi_jax import target
+from vi_jax import whitening
 from vi_jax.adaptive import AdaptiveResult
 from vi_jax.adaptive import fit_adaptive
 from vi_jax.auto_fit import AutoFitResult
@@ -84,4 +85,5 @@ __all__ = [
     "sharding",
     "surrogates",
     "target",
+    "whitening",
 ]
