@@ -350,13 +350,12 @@ def _run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
   """Stage 2: R vmapped fits of one family: `(record, surrogate, params)`.
 
   DADVI stages re-solve from their optimum with twice the fixed draws while
-  the fits disagree (up to `max_dadvi_draws`): the disagreement of fits on
-  independent draw sets is the Monte Carlo error of DADVI's objective. Each
-  number of fixed draws is one compiled program.
+  the fits pass k-hat but disagree (up to `max_dadvi_draws`): the
+  disagreement of fits on independent draw sets is the Monte Carlo error of
+  DADVI's objective. Each number of fixed draws is one compiled program.
   """
   t0 = time.perf_counter()
-  surrogate = _whitened(rung, config, event_shape, bijector, loc,
-                          scale_tril)
+  surrogate = _whitened(rung, config, event_shape, bijector, loc, scale_tril)
   fit_key, eval_key = jax.random.split(key)
   fit_keys = jax.random.split(fit_key, num_restarts)
   params = jax.vmap(surrogate.init)(jax.vmap(
@@ -379,8 +378,10 @@ def _run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
         elbo[i]) else -math.inf)
     passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
                                          float(mean_gap), float(sd_gap))
-    agree = mean_gap <= verdict.MEAN_TOL and sd_gap <= verdict.SD_TOL
-    if passed or agree or not 0 < 2 * m <= config.max_dadvi_draws:
+    # More fixed draws help only fits that pass k-hat but disagree.
+    grow = (k_hats[best] < threshold and not (
+        mean_gap <= verdict.MEAN_TOL and sd_gap <= verdict.SD_TOL))
+    if passed or not grow or not 0 < 2 * m <= config.max_dadvi_draws:
       break
     m *= 2
   if rung.fitter == "dadvi":
@@ -467,7 +468,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       would let pass.
     dadvi_draws: DADVI's first number of fixed draws (raised to what the
       family needs: dim + 1 for full-rank). Doubled, and the fits re-solved
-      from their optimum, while the independent fits disagree.
+      from their optimum, while the fits pass k-hat but disagree.
     max_dadvi_draws: the most fixed draws DADVI grows to.
     max_iterations: L-BFGS iterations per DADVI solve.
     max_grad_evals: cap on one stochastic (flow) fit's target-gradient

@@ -126,11 +126,10 @@ def failure_warning(history: Sequence[StageRecord], chosen: str) -> str:
   lines = [f"vi.auto_fit: no family passed; returning the {chosen} fit "
            "(highest ELBO) with reliable=False. Tried:"]
   lines += [f"  {r.family}: k-hat {r.k_hat:.2f}, {r.note}" for r in tried]
-  high_k = all(not r.k_hat < r.k_hat_threshold for r in tried)
   advice = ["What to try:"]
-  if high_k:
+  if any(not r.k_hat < r.k_hat_threshold for r in tried):
     advice.append(
-        "  k-hat stayed high for every family: q misses mass of p. If the model "
+        "  a high k-hat means q misses mass of p. If the model "
         "has hierarchical scales (a funnel: group effects drawn around a group "
         "sd), use a non-centered parameterization (effect = mean + sd * "
         "z_raw, z_raw ~ N(0, 1)); check for multimodality or heavy tails.")
