@@ -11,8 +11,9 @@ optimizer's.
 
 The price is a Monte Carlo error that does not average out along the path:
 the optimum depends on the M draws. `dadvi` estimates the error of the
-objective from the per-draw terms (their sd / sqrt(M)) and, while it is above
-`tol_se`, doubles M and re-solves from the previous optimum. A full-rank
+objective from the per-draw terms (their sd / sqrt(M)) and that of the fitted
+means by DADVI's sandwich estimate and, while either is above its tolerance,
+doubles M and re-solves from the previous optimum. A full-rank
 family needs M > dim draws (with fewer, the sample covariance of the base
 draws is singular and the fixed-draw objective is unbounded below), so the
 first M is raised to what the family needs.
@@ -41,6 +42,11 @@ from vi_jax.losses import _check_positive_int, negative_elbo
 from vi_jax.target import check_target
 
 __all__ = ["DADVIResult", "dadvi", "dadvi_linear_response_covariance"]
+
+# The sandwich estimate forms the P x P Hessian: only up to this many params
+# (full-rank up to ~60 latent dimensions, mean-field up to 1000).
+_MAX_SANDWICH_PARAMS = 2000
+_SCIPY_FTOL = 2.220446049250313e-09  # scipy L-BFGS-B: factr 1e7 x float64 eps
 
 
 class DADVIResult(NamedTuple):
@@ -113,7 +119,8 @@ def _check_positive_float(name, value, allow_inf=False) -> float:
   except (TypeError, ValueError):
     raise TypeError(f"{name} must be a float > 0; got {value!r}.") from None
   if not out > 0 or (math.isinf(out) and not allow_inf):
-    raise ValueError(f"{name} must be a finite float > 0; got {value!r}.")
+    kind = "float > 0 (inf allowed)" if allow_inf else "finite float > 0"
+    raise ValueError(f"{name} must be a {kind}; got {value!r}.")
   return out
 
 
@@ -134,7 +141,7 @@ def _draws_needed(surrogate, params, num_params) -> tuple[int, int]:
 def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
           num_draws: int = 30, max_draws: int = 480,
           max_iterations: int = 500, init_params: Optional[Params] = None,
-          tol_se: float = 0.1, gtol: float = 1e-6,
+          tol_se: float = 1., tol_mean_se: float = 0.1, gtol: float = 1e-6,
           ftol: Optional[float] = None) -> DADVIResult:
   """Deterministic ADVI: fixed draws, L-BFGS, draws grown until precise.
 
@@ -147,9 +154,18 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
   in one `lax.while_loop`. It stops when the largest gradient entry is at most
   `gtol` or an iteration decreases the loss by at most
   `ftol * max(|loss|, 1)` (scipy's L-BFGS-B rules), or after `max_iterations`.
-  Then `loss_se = sd_m(log p - log q) / sqrt(M)`; while `loss_se > tol_se`
-  and `2 M <= max_draws`, M is doubled and the problem re-solved from the
-  previous optimum (new draws from the same key).
+  Then two Monte Carlo errors are estimated: that of the objective,
+  `loss_se = sd_m(log p - log q) / sqrt(M)`, and that of the solution:
+  DADVI's sandwich estimate of the standard error of the fitted mean of each
+  latent, in units of its fitted sd (largest over the latents; from the
+  Hessian H and the per-draw gradients g_m: Cov(params) ~ H^{-1} Cov(g)
+  H^{-1} / M; skipped, with a warning, above 2000 params). While
+  `loss_se > tol_se` or that ratio is above `tol_mean_se`, and
+  `2 M <= max_draws`, M is doubled and the problem re-solved from the
+  previous optimum (new draws from the same key). The solution's error falls
+  as 1/sqrt(M) (about 1/sqrt(M) of an sd for a Gaussian target, so the
+  default 0.1 needs about 100 draws); `loss_se` also measures how badly the
+  family fits (the spread of log p - log q), which more draws do not fix.
 
   `dadvi` is a host-side driver (M is a shape): each solve is one compiled
   program, cached on (target, surrogate, M, settings), so a second call with
@@ -170,21 +186,29 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
     max_iterations: Python int >= 1, L-BFGS iterations per solve.
     init_params: optional starting params (structure of `surrogate.init`).
     tol_se: target Monte Carlo standard error of the -ELBO estimate (nats);
-      `float("inf")` never grows the draws.
+      `float("inf")`: not a reason to grow the draws.
+    tol_mean_se: target sandwich standard error of the fitted means, in
+      fitted sds; `float("inf")`: not estimated (saves about (P + 1) M
+      gradient evaluations per solve, P the number of params).
     gtol: gradient tolerance (largest absolute entry).
-    ftol: relative decrease tolerance (None: 10 x the params' machine eps).
+    ftol: relative decrease tolerance (None: scipy L-BFGS-B's 2.2e-9, or
+      the params' machine eps when larger (float32), i.e. stop when an
+      iteration no longer decreases the loss measurably).
 
   Returns:
     `DADVIResult(params, loss, loss_se, num_draws, num_grad_evals,
     converged)`. `num_grad_evals` sums, over the solves, M x the
-    value-and-gradient evaluations of the objective (line search included).
-    `converged` is False, with a warning, when the last solve hit
-    `max_iterations` or `loss_se` is still above `tol_se` at `max_draws`.
+    value-and-gradient evaluations of the objective (line search included),
+    plus (P + 1) M per sandwich estimate (its Hessian and per-draw
+    gradients). `converged` is False, with a warning, when the last solve
+    hit `max_iterations` or an error is still above its tolerance at
+    `max_draws`.
 
   Raises:
     TypeError / ValueError (before compilation): a bad `key`, `surrogate`
       (or one that is not reparameterized), `num_draws`, `max_draws`,
-      `max_iterations`, `tol_se`, `gtol`, `ftol`, `init_params`; `max_draws`
+      `max_iterations`, `tol_se`, `tol_mean_se`, `gtol`, `ftol`,
+      `init_params`; `max_draws`
       below the draws the family needs; a target that fails or is not scalar
       on one draw.
 
@@ -208,6 +232,8 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
   max_m = _check_positive_int("max_draws", max_draws)
   iters = _check_positive_int("max_iterations", max_iterations)
   tol_se = _check_positive_float("tol_se", tol_se, allow_inf=True)
+  tol_mean_se = _check_positive_float("tol_mean_se", tol_mean_se,
+                                      allow_inf=True)
   gtol = _check_positive_float("gtol", gtol)
   if init_params is None:
     init_params = surrogate.init(jax.random.fold_in(key, 1))
@@ -215,7 +241,8 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
     _check_init_params(surrogate, key, init_params)
   flat, _ = ravel_pytree(init_params)
   eps = float(jnp.finfo(flat.dtype).eps)
-  ftol = 10 * eps if ftol is None else _check_positive_float("ftol", ftol)
+  ftol = max(eps, _SCIPY_FTOL) if ftol is None else _check_positive_float(
+      "ftol", ftol)
   dim, m_min = _draws_needed(surrogate, init_params, flat.size)
   m = max(m, m_min)
   if m > max_m:
@@ -225,38 +252,52 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
         f"num_draws={num_draws}; got max_draws={max_draws}.")
   check_target(target_log_prob_fn, None, draw=_one_draw_fn(
       surrogate, key, init_params)[0], draw_args=(init_params,))
+  sandwich = math.isfinite(tol_mean_se) and flat.size <= _MAX_SANDWICH_PARAMS
+  if math.isfinite(tol_mean_se) and not sandwich:
+    warnings.warn(
+        f"dadvi: the surrogate has {flat.size} params (> "
+        f"{_MAX_SANDWICH_PARAMS}); the Monte Carlo error of the solution "
+        "(tol_mean_se) is not estimated, only that of the -ELBO (tol_se).",
+        stacklevel=2)
   params, evals = init_params, 0
   while True:
     out = _cached_jit(_lbfgs_solve, target_log_prob_fn, surrogate, m, iters,
                       gtol, ftol)(params, key)
     params, evals = out.params, evals + m * int(out.num_objective_evals)
-    if not float(out.loss_se) > tol_se or 2 * m > max_m:
+    ratio = float("nan")
+    if sandwich:
+      ratio = float(_cached_jit(_mean_se_ratio, target_log_prob_fn, surrogate,
+                                m)(params, key))
+      evals += (flat.size + 1) * m
+    precise = bool(float(out.loss_se) <= tol_se) and (not sandwich or
+                                                       ratio <= tol_mean_se)
+    if precise or 2 * m > max_m:
       break
     m *= 2
-  return _result(out, m, evals, tol_se, max_m, iters)
+  _warn(out, precise, m, ratio, tol_se, tol_mean_se, max_m, iters)
+  int_dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+  return DADVIResult(params=out.params, loss=out.loss, loss_se=out.loss_se,
+                     num_draws=jnp.asarray(m, int_dtype),
+                     num_grad_evals=jnp.asarray(evals, int_dtype),
+                     converged=jnp.asarray(precise and bool(out.converged)))
 
 
-def _result(out: _Solve, m, evals, tol_se, max_m, iters) -> DADVIResult:
-  precise = bool(float(out.loss_se) <= tol_se)
-  solved = bool(out.converged)
-  if not solved:
+def _warn(out: _Solve, precise, m, ratio, tol_se, tol_mean_se, max_m,
+          iters) -> None:
+  if not bool(out.converged):
     warnings.warn(
         f"dadvi: L-BFGS did not converge in max_iterations={iters} "
         f"iterations at M={m} draws; raise max_iterations or check the "
         "target (an unbounded or non-finite objective).", stacklevel=3)
   if not precise:
     warnings.warn(
-        f"dadvi: the Monte Carlo standard error of the -ELBO "
-        f"({float(out.loss_se):.3g}) is above tol_se={tol_se:g} at "
-        f"M={m} draws (max_draws={max_m}); raise max_draws, or the family "
-        "fits the target poorly (large spread of log p - log q).",
+        f"dadvi: the Monte Carlo error is above tolerance at M={m} draws "
+        f"(max_draws={max_m}): -ELBO standard error {float(out.loss_se):.3g} "
+        f"(tol_se={tol_se:g}), largest standard error of a fitted mean in "
+        f"fitted sds {ratio:.3g} (tol_mean_se={tol_mean_se:g}). Raise "
+        "max_draws; a large -ELBO error with a small mean error means the "
+        "family fits the target poorly (wide spread of log p - log q).",
         stacklevel=3)
-  return DADVIResult(params=out.params, loss=out.loss, loss_se=out.loss_se,
-                     num_draws=jnp.asarray(m, jnp.int32),
-                     num_grad_evals=jnp.asarray(evals, jnp.int64 if
-                                                jax.config.jax_enable_x64
-                                                else jnp.int32),
-                     converged=jnp.asarray(precise and solved))
 
 
 def _unconstrained_mean_fn(surrogate, num_draws, key, bijector):
@@ -276,15 +317,51 @@ def _unconstrained_mean_fn(surrogate, num_draws, key, bijector):
   return mean
 
 
-def _lr_covariance(target_log_prob_fn, surrogate, num_draws, bijector, params,
-                   key):
+def _hessian_and_jacobian(target_log_prob_fn, surrogate, num_draws, bijector,
+                          params, key):
+  """`(H [P, P], J [dim, P])`: the Hessian of the fixed-draw -ELBO in the
+  flattened params, and the Jacobian of the mean of the flattened latents
+  over the fixed draws (unconstrained when `bijector` is given)."""
   flat, unravel = ravel_pytree(params)
   objective = _objective(target_log_prob_fn, surrogate, num_draws, key)
   hessian = jax.hessian(lambda f: objective(unravel(f)))(flat)
   mean_fn = _unconstrained_mean_fn(surrogate, num_draws, key, bijector)
-  jac = jax.jacfwd(lambda f: mean_fn(unravel(f)))(flat)  # [dim, P]
+  return hessian, jax.jacfwd(lambda f: mean_fn(unravel(f)))(flat)
+
+
+def _lr_covariance(target_log_prob_fn, surrogate, num_draws, bijector, params,
+                   key):
+  hessian, jac = _hessian_and_jacobian(target_log_prob_fn, surrogate,
+                                       num_draws, bijector, params, key)
   cov = jac @ jnp.linalg.solve(hessian, jac.T)
   return (cov + cov.T) / 2
+
+
+def _mean_se_ratio(target_log_prob_fn, surrogate, num_draws, params, key):
+  """Largest Monte Carlo standard error of the fitted mean of a latent, in
+  units of its fitted sd: DADVI's sandwich estimate.
+
+  The optimum's error is params_M - params* ~ -H^{-1} gbar, gbar the mean of
+  the per-draw gradients, so the fitted means zbar (over the fixed draws)
+  have covariance A V A' / M, A = J H^{-1}, V the covariance of the per-draw
+  gradients (Giordano, Ingram & Broderick 2024, sec. 4).
+  """
+  flat, unravel = ravel_pytree(params)
+  hessian, jac = _hessian_and_jacobian(target_log_prob_fn, surrogate,
+                                       num_draws, None, params, key)
+
+  def terms(f):
+    return -importance_log_weights(target_log_prob_fn, surrogate, unravel(f),
+                                   key, num_draws)[1]
+
+  grads = jax.jacfwd(terms)(flat)  # [M, P]: per-draw gradients
+  proj = (grads - jnp.mean(grads, axis=0)) @ jnp.linalg.solve(hessian, jac.T)
+  se = jnp.sqrt(jnp.sum(jnp.square(proj), axis=0) / (num_draws *
+                                                       (num_draws - 1)))
+  z, _ = surrogate.sample_and_log_prob(params, key, num_draws)
+  z = jnp.concatenate([jnp.reshape(leaf, (num_draws, -1)) for leaf in
+                       jax.tree_util.tree_leaves(z)], axis=1)
+  return jnp.max(se / jnp.std(z, axis=0, ddof=1))
 
 
 def dadvi_linear_response_covariance(target_log_prob_fn: TargetLogProbFn,
