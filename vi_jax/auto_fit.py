@@ -234,9 +234,10 @@ def _dadvi_solve(config: _Config, num_fixed_draws: int, target_log_prob_fn,
   draws, which `_run_stage` does for all restarts at once.
   """
   eps = float(jnp.finfo(jax.tree_util.tree_leaves(params0)[0].dtype).eps)
+  ftol = max(eps, dadvi_lib._SCIPY_FTOL)  # pylint: disable=protected-access
   out = dadvi_lib._lbfgs_solve(  # pylint: disable=protected-access
       target_log_prob_fn, surrogate, num_fixed_draws, config.max_iterations,
-      1e-6, 10 * eps, params0, key)
+      1e-6, ftol, params0, key)
   return out.params, num_fixed_draws * out.num_objective_evals
 
 
