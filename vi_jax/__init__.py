@@ -25,6 +25,9 @@ from vi_jax import target
 from vi_jax import whitening
 from vi_jax.adaptive import AdaptiveResult
 from vi_jax.adaptive import fit_adaptive
+from vi_jax.auto_fit import AutoFitResult
+from vi_jax.auto_fit import StageRecord
+from vi_jax.auto_fit import auto_fit
 from vi_jax.dadvi import DADVIResult
 from vi_jax.dadvi import dadvi
 from vi_jax.dadvi import dadvi_linear_response_covariance
@@ -46,16 +49,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveResult",
+    "AutoFitResult",
     "DADVIResult",
     "FitResult",
     "LaplaceResult",
     "PathfinderResult",
+    "StageRecord",
     "Surrogate",
     "TraceableQuantities",
     "VIAlgorithm",
     "VIState",
     "adapters",
     "adaptive",
+    "auto_fit",
     "bijectors",
     "build",
     "checkpoint",

@@ -1,0 +1,282 @@
+"""The stages of `vi.auto_fit`: the Pathfinder start and one family's fits.
+
+A stage fits `num_restarts` independent copies of one whitened family
+(`vi.whitening.whiten` over Pathfinder's `loc`, `scale_tril`) and evaluates
+each (ELBO, PSIS k-hat, PSIS-corrected moments) in ONE compiled program,
+vmapped over keys and cached across calls with the same target and settings.
+Gaussian families are fitted by DADVI's solver (`vi_jax.dadvi`: fixed draws,
+L-BFGS) inside that program; flows by `vi.fit_adaptive`, a host-side driver,
+one fit after the other. `vi_jax.verdict` turns the numbers into a verdict.
+"""
+
+import collections
+import importlib
+import math
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vi_jax import bijectors as bij_lib
+from vi_jax import diagnostics
+from vi_jax import verdict
+from vi_jax._types import Array, Params
+from vi_jax.losses import target_log_prob_batched
+from vi_jax.surrogates import Surrogate
+from vi_jax.surrogates import flows
+from vi_jax.surrogates import full_rank
+from vi_jax.surrogates import low_rank
+from vi_jax.surrogates import mean_field
+from vi_jax.verdict import StageRecord
+
+LOW_RANK_ABOVE = 200  # full_rank becomes low_rank_normal above this many dims
+
+# The module, not the function `vi_jax.dadvi` that shadows it on the package.
+dadvi_lib = importlib.import_module("vi_jax.dadvi")
+
+
+def _blocks():
+  """The package, for the building blocks (Pathfinder, whitening, adaptive SGD)."""
+  import vi_jax  # pylint: disable=g-import-not-at-top
+  return vi_jax
+
+
+class _Rung(NamedTuple):
+  """One family of the ladder: how to build it and how to fit it."""
+  family: str
+  method: str
+  make: Callable[..., Surrogate]  # whitening's make_surrogate
+  kwargs: tuple  # its extra keyword arguments, as sorted (name, value) pairs
+  fitter: str  # "dadvi" or "adaptive"
+
+
+def ladder(families: Sequence[str], dim: int) -> list[_Rung]:
+  rungs = {
+      "mean_field": _Rung("mean_field", "DADVI, L-BFGS",
+                          mean_field.mean_field_normal, (), "dadvi"),
+      "full_rank": (
+          _Rung("full_rank", "DADVI, L-BFGS", full_rank.full_rank_normal, (),
+                "dadvi") if dim <= LOW_RANK_ABOVE else
+          _Rung("low_rank", "DADVI, L-BFGS", low_rank.low_rank_normal,
+                (("rank", max(1, round(math.sqrt(dim)))),), "dadvi")),
+      "flow": _Rung("flow", "adaptive SGD, R-hat stop", flows.real_nvp, (),
+                    "adaptive"),
+  }
+  return [rungs[f] for f in families]
+
+
+class _StageOut(NamedTuple):
+  """A stage program's output; leading [num_restarts] where marked [R]."""
+  params: Params  # [R]
+  elbo: Array  # [R], mean(log p - log q) over the evaluation draws
+  k_hat: Array  # [R], PSIS k-hat of the same draws
+  num_grad_evals: Array  # [R]
+  mean_gap: Array  # shape=(), see verdict.agreement
+  sd_gap: Array  # shape=()
+
+
+class Config(NamedTuple):
+  """Settings a stage program depends on (hashable)."""
+  num_draws: int  # draws for k-hat, ELBO and moments
+  dadvi_draws: int  # DADVI's first number of fixed draws
+  max_dadvi_draws: int  # the most fixed draws DADVI grows to
+  max_iterations: int  # L-BFGS iterations per DADVI solve
+  max_grad_evals: int  # per stochastic (flow) fit
+  dtype: Optional[str]  # the families' float dtype (None: JAX's default)
+  max_k_hat: float  # a stage's k-hat must be below min(this, S threshold)
+
+
+def _whitened(rung: _Rung, config: Config, event_shape, bijector, loc,
+              scale_tril):
+  kwargs = dict(rung.kwargs)
+  if config.dtype is not None:
+    kwargs["dtype"] = config.dtype
+  return _blocks().whitening.whiten(rung.make, event_shape, bijector, loc=loc,
+                                    scale_tril=scale_tril, **kwargs)
+
+
+def _evaluate(log_p, space, surrogate, num_draws, params, eval_key):
+  """`(elbo, k_hat, mean [dim], sd [dim])` of one fit from `num_draws` draws.
+
+  The moments are PSIS-corrected (what `AutoFitResult.sample` returns) and of
+  the flat unconstrained coordinates. The same `eval_key` serves every fit, so
+  that differences between fits are not Monte Carlo noise of these draws
+  (common random numbers).
+  """
+  z, log_q = surrogate.sample_and_log_prob(params, eval_key, num_draws)
+  log_w = log_p(z) - log_q
+  log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
+  smoothed = diagnostics.psis(log_w)
+  u, _ = space.inverse_and_log_det(z)
+  mean, var = diagnostics.weighted_moments(u, smoothed.log_weights)
+  return jnp.mean(log_w), smoothed.pareto_k, mean, jnp.sqrt(var)
+
+
+def _dadvi_solve(config: Config, num_fixed_draws: int, target_log_prob_fn,
+                 surrogate, params0, key):
+  """`(params, num_grad_evals)`: one DADVI solve (fixed draws, L-BFGS), traceable.
+
+  `vi.dadvi`'s solver (`vi_jax.dadvi`), without its host-side growing of the
+  draws, which `run_stage` does for all restarts at once.
+  """
+  eps = float(jnp.finfo(jax.tree_util.tree_leaves(params0)[0].dtype).eps)
+  ftol = max(eps, dadvi_lib._SCIPY_FTOL)  # pylint: disable=protected-access
+  out = dadvi_lib._lbfgs_solve(  # pylint: disable=protected-access
+      target_log_prob_fn, surrogate, num_fixed_draws, config.max_iterations,
+      1e-6, ftol, params0, key)
+  return out.params, num_fixed_draws * out.num_objective_evals
+
+
+def _stage_program(target_log_prob_fn, event_shape, bijector, rung: _Rung,
+                   config: Config, num_fixed_draws: int):
+  """The jitted `(loc, scale_tril, params0 [R], fit_keys [R], eval_key) ->
+  _StageOut`: R DADVI fits with `num_fixed_draws` draws and their evaluation
+  in one program; with `num_fixed_draws=0`, the evaluation of the fits
+  `params0` only (stochastic fits run on the host)."""
+  space = bij_lib.latent_space(event_shape, bijector)
+  log_p = target_log_prob_batched(target_log_prob_fn)
+
+  def run(loc, scale_tril, params0, fit_keys, eval_key):
+    surrogate = _whitened(rung, config, event_shape, bijector, loc,
+                          scale_tril)
+
+    def one(p0, key):
+      params, evals = p0, jnp.zeros((), jnp.int32)
+      if num_fixed_draws:
+        params, evals = _dadvi_solve(config, num_fixed_draws,
+                                     target_log_prob_fn, surrogate, p0, key)
+      elbo, k_hat, mean, sd = _evaluate(log_p, space, surrogate,
+                                        config.num_draws, params, eval_key)
+      return params, elbo, k_hat, evals, mean, sd
+
+    params, elbo, k_hat, evals, mean, sd = jax.vmap(one)(params0, fit_keys)
+    return _StageOut(params, elbo, k_hat, evals, *verdict.agreement(mean, sd))
+
+  return jax.jit(run)
+
+
+def _fit_adaptive_each(config, target_log_prob_fn, surrogate, params0,
+                       fit_keys):
+  """`(params [R], num_grad_evals)`: `vi.fit_adaptive` from each start in turn.
+
+  `fit_adaptive` is a host-side driver (R-hat checked between windows), so
+  the R fits run one after the other; its programs are compiled once (same
+  target and surrogate) and reused.
+  """
+  sample_size = 8
+  runs = [_blocks().fit_adaptive(
+      target_log_prob_fn, surrogate, key=k, sample_size=sample_size,
+      init_params=jax.tree_util.tree_map(lambda x, i=i: x[i], params0),
+      max_steps=max(1000, config.max_grad_evals // sample_size))
+          for i, k in enumerate(fit_keys)]
+  params = jax.tree_util.tree_map(lambda *x: jnp.stack(x),
+                                  *[r.params for r in runs])
+  return params, sum(int(r.num_grad_evals) for r in runs)
+
+
+_PROGRAMS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
+_MAX_PROGRAMS = 32
+
+
+def _frozen(tree, is_leaf) -> Optional[tuple]:
+  """A hashable stand-in for a pytree of shapes/bijectors, or None."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_leaf)
+  key = (treedef, tuple(tuple(l) if isinstance(l, (list, tuple)) else l
+                        for l in leaves))
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
+
+
+def _cached_program(target_log_prob_fn, event_shape, bijector, *args):
+  """`_stage_program`, reused across calls with the same target and settings."""
+  parts = (_frozen(event_shape, bij_lib.is_shape),
+           _frozen(bijector, lambda b: b is None or bij_lib.is_bijector(b)))
+  if any(p is None for p in parts):
+    return _stage_program(target_log_prob_fn, event_shape, bijector, *args)
+  cache_key = (target_log_prob_fn, parts, args)
+  if cache_key not in _PROGRAMS:
+    _PROGRAMS[cache_key] = _stage_program(target_log_prob_fn, event_shape,
+                                          bijector, *args)
+    if len(_PROGRAMS) > _MAX_PROGRAMS:
+      _PROGRAMS.popitem(last=False)
+  _PROGRAMS.move_to_end(cache_key)
+  return _PROGRAMS[cache_key]
+
+
+def start(target_log_prob_fn, event_shape, bijector, key, dtype):
+  """Stage 1: Pathfinder's best-ELBO Gaussian: `(loc, scale_tril, record)`."""
+  t0 = time.perf_counter()
+  pf = _blocks().pathfinder(target_log_prob_fn, event_shape, bijector, key=key,
+                            dtype=dtype)
+  loc, scale_tril = jax.block_until_ready((pf.loc, pf.scale_tril))
+  record = StageRecord(
+      family="pathfinder", method="Pathfinder, L-BFGS", k_hat=float(pf.k_hat),
+      k_hat_threshold=math.nan,
+      elbo=float(jnp.max(pf.elbo)), mean_gap=math.nan, sd_gap=math.nan,
+      num_grad_evals=int(pf.num_grad_evals),
+      wall_time=time.perf_counter() - t0, passed=False,
+      note="start: loc and scale for whitening")
+  return loc, scale_tril, record
+
+
+def _fixed_draws(rung, config, surrogate, params0) -> int:
+  """DADVI's first number of fixed draws: at least what the family needs."""
+  if rung.fitter != "dadvi":
+    return 0
+  num_params = sum(x[0].size for x in jax.tree_util.tree_leaves(params0))
+  _, m_min = dadvi_lib._draws_needed(  # pylint: disable=protected-access
+      surrogate, jax.tree_util.tree_map(lambda x: x[0], params0), num_params)
+  return max(config.dadvi_draws, m_min)
+
+
+def run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
+               scale_tril, key, num_restarts):
+  """Stage 2: R vmapped fits of one family: `(record, surrogate, params)`.
+
+  DADVI stages re-solve from their optimum with twice the fixed draws while
+  the fits pass k-hat but disagree (up to `max_dadvi_draws`): the
+  disagreement of fits on independent draw sets is the Monte Carlo error of
+  DADVI's objective. Each number of fixed draws is one compiled program.
+  """
+  t0 = time.perf_counter()
+  surrogate = _whitened(rung, config, event_shape, bijector, loc, scale_tril)
+  fit_key, eval_key = jax.random.split(key)
+  fit_keys = jax.random.split(fit_key, num_restarts)
+  params = jax.vmap(surrogate.init)(jax.vmap(
+      lambda k: jax.random.fold_in(k, 1))(fit_keys))
+  m, evals = _fixed_draws(rung, config, surrogate, params), 0
+  if rung.fitter != "dadvi":
+    params, evals = _fit_adaptive_each(config, target_log_prob_fn, surrogate,
+                                       params, fit_keys)
+  threshold = min(config.max_k_hat,
+                  diagnostics.pareto_k_threshold(config.num_draws))
+  while True:
+    program = _cached_program(target_log_prob_fn, event_shape, bijector, rung,
+                              config, m)
+    out = program(loc, scale_tril, params, fit_keys, eval_key)
+    # One transfer of the scalars; params stay on the device.
+    elbo, k_hats, n, mean_gap, sd_gap = jax.device_get(
+        (out.elbo, out.k_hat, out.num_grad_evals, out.mean_gap, out.sd_gap))
+    params, evals = out.params, evals + int(n.sum())
+    best = max(range(num_restarts), key=lambda i: elbo[i] if math.isfinite(
+        elbo[i]) else -math.inf)
+    passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
+                                         float(mean_gap), float(sd_gap))
+    # More fixed draws help only fits that pass k-hat but disagree.
+    grow = (k_hats[best] < threshold and not (
+        mean_gap <= verdict.MEAN_TOL and sd_gap <= verdict.SD_TOL))
+    if passed or not grow or not 0 < 2 * m <= config.max_dadvi_draws:
+      break
+    m *= 2
+  if rung.fitter == "dadvi":
+    note += f" [DADVI, {m} fixed draws]"
+  record = StageRecord(
+      family=rung.family, method=rung.method, k_hat=float(k_hats[best]),
+      k_hat_threshold=threshold, elbo=float(elbo[best]),
+      mean_gap=float(mean_gap), sd_gap=float(sd_gap), num_grad_evals=evals,
+      wall_time=time.perf_counter() - t0, passed=passed, note=note)
+  return record, surrogate, jax.tree_util.tree_map(lambda x: x[best], params)
