@@ -49,13 +49,12 @@ from vi_jax import bijectors as bij_lib
 from vi_jax import diagnostics
 from vi_jax import verdict
 from vi_jax._types import Params, PRNGKey, PyTree
-from vi_jax.fit import _check_key
-from vi_jax.fit import _one_draw_fn
+from vi_jax import _validation as vv
 from vi_jax.losses import target_log_prob_batched
 from vi_jax.surrogates import Surrogate
 from vi_jax.surrogates import mean_field
 from vi_jax.surrogates.base import check_sample_size
-from vi_jax.target import check_target
+from vi_jax.target import check_target_on_draw
 from vi_jax.verdict import StageRecord
 
 __all__ = ["AutoFitResult", "StageRecord", "auto_fit"]
@@ -148,32 +147,25 @@ def _check_max_k_hat(value) -> float:
   return float(value)
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be a Python int >= {minimum}; got {value!r}.")
-  return value
-
-
 def _check_inputs(target_log_prob_fn, event_shape, bijector, key, families,
                   num_restarts, num_draws, max_grad_evals) -> int:
   """vi.fit's checks (key, event_shape, bijector, the target on one draw);
   returns the unconstrained dimension."""
-  _check_key(key)
+  vv.prng_key(key)
   if not callable(target_log_prob_fn):
     raise TypeError("target_log_prob_fn must be callable; got "
                     f"{type(target_log_prob_fn).__name__}.")
   space = bij_lib.latent_space(event_shape, bijector)  # ValueError if bad
   probe = mean_field.mean_field_normal(event_shape, bijector)
-  draw, draw_args = _one_draw_fn(probe, key, None)
-  check_target(target_log_prob_fn, None, draw=draw, draw_args=draw_args)
+  check_target_on_draw(target_log_prob_fn, probe, key)
   if isinstance(families, str) or not families or any(
       f not in FAMILIES for f in families) or len(set(families)) != len(
           families):
     raise ValueError(f"families must be a non-empty sequence of distinct "
                      f"names from {FAMILIES}; got {families!r}.")
-  _positive_int("num_restarts", num_restarts, 2)
-  _positive_int("num_draws", num_draws, 100)
-  _positive_int("max_grad_evals", max_grad_evals, 1)
+  vv.integer("num_restarts", num_restarts, minimum=2)
+  vv.integer("num_draws", num_draws, minimum=100)
+  vv.positive_int("max_grad_evals", max_grad_evals)
   return space.dim
 
 
