@@ -231,9 +231,9 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
                       num_restarts, num_draws, max_grad_evals)
   config = auto_stages.Config(
       num_draws=num_draws,
-      dadvi_draws=_positive_int("dadvi_draws", dadvi_draws, 2),
-      max_dadvi_draws=_positive_int("max_dadvi_draws", max_dadvi_draws, 2),
-      max_iterations=_positive_int("max_iterations", max_iterations),
+      dadvi_draws=vv.integer("dadvi_draws", dadvi_draws, minimum=2),
+      max_dadvi_draws=vv.integer("max_dadvi_draws", max_dadvi_draws, minimum=2),
+      max_iterations=vv.positive_int("max_iterations", max_iterations),
       max_grad_evals=max_grad_evals,
       dtype=None if dtype is None else jnp.dtype(dtype).name,
       max_k_hat=_check_max_k_hat(max_k_hat))
