@@ -10,27 +10,28 @@ rows). Plain minibatch SVI (Adam, batch 1024) stops with the scales 1.5x to
 the minibatch noise of the likelihood's gradient, about sqrt(N / B) = 31
 times larger than its signal. The recipe removes that noise at its sources:
 
-1. Precondition: a Laplace approximation on a random subsample of n =
-   `--subsample` rows, the likelihood scaled by N / n (Newton's method; ~10 x n
-   rows of work): m0 and C0 = L0 L0^T. Its mean is about sqrt(N / n) = 10
+1. Precondition: a Laplace approximation (`vi.laplace`, L-BFGS) on a random
+   subsample of n = `--subsample` rows, the likelihood scaled by N / n: m0
+   and C0 = L0 L0^T. Its mean is about sqrt(N / n) = 10
    posterior sds from the full-data mode; its covariance has the right shape.
-2. Fit in whitened coordinates: `mean_field_normal((20,), bijector=
-   tfb.Chain([tfb.Shift(m0), tfb.ScaleMatvecTriL(L0)]))`, so q(w) = N(m0 + L0
-   loc, L0 diag(scale^2) L0^T) and the posterior is close to N(shift, I):
+2. Fit in whitened coordinates: `vi.whitening.whiten(mean_field_normal,
+   (20,), loc=m0, scale_tril=L0)`, so q(w) = N(m0 + L0 loc, L0 diag(scale^2)
+   L0^T) and the posterior is close to N(shift, I):
    one learning rate fits every coordinate.
 3. Control variate: the target is the minibatch log density plus a
-   first-order Taylor control variate around m0 (`control_variate_target`,
-   SVRG-style; one full pass over the data for the gradient at m0). The
-   minibatch noise then scales with |w - m0| / sqrt(B) instead of sqrt(N / B).
-4. Antithetic draws (`antithetic`): each draw is paired with its mirror image
+   first-order Taylor control variate around m0
+   (`vi.minibatch.taylor_control_variate`, SVRG-style; one full pass over
+   the data for the gradient at m0). The minibatch noise then scales with
+   |w - m0| / sqrt(B) instead of sqrt(N / B).
+4. Antithetic draws (`vi.minibatch.antithetic`): each draw is paired with its mirror image
    about q's mean, which cancels what is left of the likelihood noise in the
    scale's gradient and the Monte Carlo noise in the location's.
 5. SGD with a constant learning rate for half the steps, then linearly to 0,
-   and Polyak-Ruppert averaging of the params over the last epoch (from the
-   traced params).
+   and Polyak-Ruppert averaging of the params over the last epoch
+   (`vi.minibatch.tail_averaged`).
 
 Data passes: `--epochs` minibatch epochs + 1 (the control variate's anchor)
-+ 10 x n / N (the subsample's Newton steps). Prints the largest |mean -
++ the subsample Laplace's gradient evaluations x n / N. Prints the largest |mean -
 Laplace mean| / Laplace sd and the range of sd / Laplace sd (of w, from q's
 full covariance), for the subsample Laplace start, the last params and the
 averaged ones, and rows/s of the compiled fit (compile excluded; rows per
@@ -41,19 +42,15 @@ CPU-second too, for a shared machine). `--antithetic 0`, `--control-variate
 import argparse
 import time
 
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tensorflow_probability.substrates.jax as tfp
 
 from benchmarks.multiprocess import _blocks
 from benchmarks.multiprocess import D
-import distrax
 import vi_jax as vi
-
-tfb = tfp.bijectors
-
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
 
@@ -68,59 +65,15 @@ def log_likelihood(rows, w):
 
 
 @jax.jit
-def laplace(x, y, scale):
-  """Mode and covariance of log prior + scale * log lik (Newton, 10 steps)."""
-  neg = lambda w: -(log_prior(w) + scale * log_likelihood((x, y), w))
+def newton_laplace(x, y):
+  """The reference: mode and covariance of the full-data posterior (Newton)."""
+  neg = lambda w: -(log_prior(w) + log_likelihood((x, y), w))
 
   def newton(w, _):
     return w - jnp.linalg.solve(jax.hessian(neg)(w), jax.grad(neg)(w)), None
 
   w, _ = jax.lax.scan(newton, jnp.zeros(x.shape[1]), None, length=10)
   return w, jnp.linalg.inv(jax.hessian(neg)(w))
-
-
-def control_variate_target(x, y, anchor):
-  """The minibatch target with a first-order Taylor control variate.
-
-  log p(w) + ll(all rows; anchor) + g_all . (w - anchor)
-           + N / B [ll(rows; w) - ll(rows; anchor) - g_rows . (w - anchor)],
-  g = the gradient of the log likelihood at `anchor`: an unbiased estimate of
-  the full-data log density whose minibatch noise shrinks with |w - anchor|
-  (SVRG, Johnson & Zhang 2013; Baker, Fearnhead, Fox & Nemeth 2019's control
-  variates for stochastic gradients). Costs one full pass for (ll, g) at the
-  anchor, then one more gradient of the batch's likelihood per step (shared by
-  the draws: it does not depend on w).
-  """
-  ll_all, g_all = jax.jit(jax.value_and_grad(
-      lambda w: log_likelihood((x, y), w)))(anchor)
-
-  def target(batch, w):
-    ll_a, g_a = jax.value_and_grad(
-        lambda v: log_likelihood(batch.data, v))(anchor)
-    d = w - anchor
-    return (log_prior(w) + ll_all + g_all @ d + batch.scale * (
-        log_likelihood(batch.data, w) - ll_a - g_a @ d))
-
-  return target
-
-
-def antithetic(surrogate, mean_fn):
-  """Draws in mirrored pairs z, 2 E_q[z] - z (for a q symmetric about its mean).
-
-  An odd `sample_size` leaves the last pair unmirrored. log q is the same for
-  both draws of a pair (and so is its gradient), so each pair reuses it. The minibatch noise of the
-  likelihood's gradient is the same for both draws of a step and cancels in
-  the scale's gradient, sigma eps^T (g(mu + sigma eps) - g(mu - sigma eps)) / 2,
-  as the Monte Carlo noise of the location's gradient does.
-  """
-
-  def sample_and_log_prob(params, key, sample_size):
-    z, log_q = surrogate.sample_and_log_prob(params, key, (sample_size + 1) // 2)
-    mirrored = 2 * mean_fn(params) - z
-    return (jnp.concatenate([z, mirrored])[:sample_size],
-            jnp.concatenate([log_q, log_q])[:sample_size])
-
-  return surrogate._replace(sample_and_log_prob=sample_and_log_prob)
 
 
 def compare(mean, cov, ref_mean, ref_cov):
@@ -130,33 +83,46 @@ def compare(mean, cov, ref_mean, ref_cov):
               sd_ratio_max=float(np.max(sd / ref_sd)))
 
 
-def run(args):
-  x, y = _blocks(0, 1)
-  n = len(x)
-  ref_mean, ref_cov = map(np.asarray, laplace(x, y, 1.))
-  rng = np.random.default_rng(args.seed)
-  sub = rng.choice(n, args.subsample, replace=False)
-  m0, c0 = laplace(x[sub], y[sub], n / args.subsample)
-  l0 = jnp.linalg.cholesky(c0)
-  q = vi.surrogates.mean_field_normal(
-      (D,), bijector=tfb.Chain([tfb.Shift(m0), tfb.ScaleMatvecTriL(l0)]),
-      init_scale=args.init_scale)
+def recipe(args, data, n):
+  """The documented recipe (vi_jax.minibatch's docstring): (fit, lap, steps)."""
+  sub = np.random.default_rng(args.seed).choice(n, args.subsample,
+                                                 replace=False)
+  rows = jax.tree_util.tree_map(lambda x: x[sub], data)
+  lap = vi.laplace(lambda w: log_prior(w) + n / args.subsample *
+                   log_likelihood(rows, w), (D,))
+  q = vi.whitening.whiten(vi.surrogates.mean_field_normal, (D,),
+                          loc=lap.loc, scale_tril=lap.scale_tril,
+                          init_scale=args.init_scale)
   if args.antithetic:
-    q = antithetic(q, lambda params: m0 + l0 @ params["loc"])
+    q = vi.minibatch.antithetic(
+        q, lambda params: lap.loc + lap.scale_tril @ params["loc"])
+  if args.control_variate:
+    target = vi.minibatch.taylor_control_variate(log_prior, log_likelihood,
+                                                 data, lap.loc)
+  else:
+    target = vi.minibatch.scaled_log_prob(log_prior, log_likelihood)
   steps_per_epoch = n // args.batch_size
   steps = args.epochs * steps_per_epoch
   schedule = optax.join_schedules(
       [optax.constant_schedule(args.lr),
        optax.linear_schedule(args.lr, 0., steps - steps // 2)], [steps // 2])
-  data = (jnp.asarray(x), jnp.asarray(y))
-  if args.control_variate:
-    target = control_variate_target(*data, m0)
-  else:
-    target = vi.minibatch.scaled_log_prob(log_prior, log_likelihood)
+  optimizer = vi.minibatch.tail_averaged(
+      OPTIMIZERS[args.optimizer](schedule),
+      start=steps - args.average_epochs * steps_per_epoch)
   fit = jax.jit(lambda data, key: vi.fit(
-      target, q, OPTIMIZERS[args.optimizer](schedule), steps, key=key,
-      sample_size=args.sample_size, data=data, batch_size=args.batch_size,
-      trace_fn=lambda tq: (tq.loss, tq.params), progress_bar=False))
+      target, q, optimizer, steps, key=key, sample_size=args.sample_size,
+      data=data, batch_size=args.batch_size, progress_bar=False))
+  return fit, lap, steps
+
+
+def run(args):
+  x, y = _blocks(0, 1)
+  n = len(x)
+  data = (jnp.asarray(x), jnp.asarray(y))
+  ref_mean, ref_cov = map(np.asarray, newton_laplace(*data))
+  t0, cpu0 = time.perf_counter(), time.process_time()
+  fit, lap, steps = recipe(args, data, n)  # subsample Laplace + full pass
+  prep_s, prep_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
   key = jax.random.key(args.seed)
   t0 = time.perf_counter()
   compiled = fit.lower(data, key).compile()
@@ -164,17 +130,18 @@ def run(args):
   t0, cpu0 = time.perf_counter(), time.process_time()
   result = jax.block_until_ready(compiled(data, key))
   run_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-  tail = args.average_epochs * steps_per_epoch
-  averaged = jax.tree_util.tree_map(lambda p: p[-tail:].mean(0),
-                                    result.trace[1])
+  m0, l0 = np.asarray(lap.loc), np.asarray(lap.scale_tril)
   out = dict(steps=steps, compile_s=compile_s, run_s=run_s, cpu_s=cpu_s,
+             prep_s=prep_s, prep_cpu_s=prep_cpu_s,
+             laplace_grad_evals=int(lap.num_grad_evals),
+             laplace_converged=bool(lap.converged),
              rows_per_s=args.batch_size * steps / run_s,
-             start=compare(m0, c0, ref_mean, ref_cov))
+             start=compare(m0, l0 @ l0.T, ref_mean, ref_cov))
+  averaged = vi.minibatch.averaged_params(result.state.opt_state)
   for name, params in (("last", result.params), ("averaged", averaged)):
-    scale = jax.nn.softplus(params["raw_scale"])
-    mean = m0 + l0 @ params["loc"]
-    cov = (l0 * scale ** 2) @ l0.T
-    out[name] = compare(np.asarray(mean), np.asarray(cov), ref_mean, ref_cov)
+    scale = np.asarray(jax.nn.softplus(params["raw_scale"]))
+    mean = m0 + l0 @ np.asarray(params["loc"])
+    out[name] = compare(mean, (l0 * scale ** 2) @ l0.T, ref_mean, ref_cov)
   return out
 
 
@@ -205,11 +172,15 @@ def main(argv=None):
     r = out[name]
     print(f"| {name} | {r['max_mean_err_sd']:.3f} | "
           f"{r['sd_ratio_min']:.3f} to {r['sd_ratio_max']:.3f} |")
-  passes = args.epochs + args.control_variate + 10 * args.subsample / 1e6
+  passes = (args.epochs + args.control_variate +
+            out["laplace_grad_evals"] * args.subsample / 1e6)
   rows = out["steps"] * args.batch_size
   print(f"data passes {passes:.2f}; rows/s {out['rows_per_s']:,.0f}, rows per "
         f"CPU-second {rows / out['cpu_s']:,.0f} (fit {out['run_s']:.1f} s "
-        f"wall, {out['cpu_s']:.1f} s CPU; compile {out['compile_s']:.1f} s)")
+        f"wall, {out['cpu_s']:.1f} s CPU; compile {out['compile_s']:.1f} s; "
+        f"subsample Laplace ({out['laplace_grad_evals']} gradient evaluations, "
+        f"converged {out['laplace_converged']}) + control-variate pass "
+        f"{out['prep_s']:.1f} s wall, {out['prep_cpu_s']:.1f} s CPU)")
   return out
 
 

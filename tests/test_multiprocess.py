@@ -116,3 +116,29 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   for k in params + ["trace"]:  # replicated: both processes hold the same
     np.testing.assert_array_equal(runs[0][k], runs[1][k])
     np.testing.assert_array_equal(resumes[0][k], resumes[1][k])
+
+
+def test_skip_warning_only_on_the_main_process(monkeypatch):
+  # One process pretending to be process 1 or 0: the host-side warning of
+  # skipped steps (NaN data rows) comes from process 0 only.
+  import warnings  # pylint: disable=g-import-not-at-top
+  import distrax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import vi_jax as vi  # pylint: disable=g-import-not-at-top
+  data = jnp.linspace(4., 6., 40).at[jnp.array([3, 17])].set(jnp.nan)
+  target = vi.minibatch.scaled_log_prob(
+      distrax.Normal(0., 10.).log_prob,
+      lambda rows, z: jnp.sum(distrax.Normal(z, 1.).log_prob(rows)))
+  s = vi.surrogates.mean_field_normal(())
+  for index in (1, 0):
+    monkeypatch.setattr(jax, "process_index", lambda i=index: i)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      r = vi.fit(target, s, optax.adam(0.05), 200, key=jax.random.key(2),
+                 data=data, batch_size=4, max_consecutive_nonfinite=None,
+                 progress_bar=False)
+    assert int(r.num_nonfinite) > 0
+    skips = [w for w in caught if "skipped" in str(w.message)]
+    assert len(skips) == (index == 0), index

@@ -80,3 +80,30 @@ def test_default_follows_the_terminal(monkeypatch):
     progress.resolve_progress_bar("yes")
   with pytest.raises(ValueError, match="every"):
     progress.resolve_progress_bar(progress.ProgressBar(every=0))
+
+
+class _Tty(io.StringIO):
+  def isatty(self):
+    return True
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_default_bar_is_off_with_several_processes(monkeypatch, num_processes):
+  # A TTY stderr turns the default bar on for one process (the control); with
+  # several processes the default is off on all (one program for all).
+  tty = _Tty()
+  monkeypatch.setattr(sys, "stderr", tty)
+  monkeypatch.setattr(jax, "process_count", lambda: num_processes)
+  vi.fit(normal_normal_log_prob, S, optax.adam(0.05), 50,
+         key=jax.random.key(0))
+  assert ("50/50" in tty.getvalue()) == (num_processes == 1)
+
+
+@pytest.mark.parametrize("process_index", [0, 1])
+def test_only_the_main_process_draws(monkeypatch, process_index):
+  buf = io.StringIO()
+  monkeypatch.setattr(jax, "process_index", lambda: process_index)
+  vi.fit(normal_normal_log_prob, S, optax.adam(0.05), 50,
+         key=jax.random.key(0),
+         progress_bar=progress.ProgressBar(every=10, file=buf))
+  assert ("50/50" in buf.getvalue()) == (process_index == 0)

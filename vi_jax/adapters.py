@@ -183,19 +183,24 @@ def from_numpyro(model: Callable, *model_args, key=None,
     ValueError: unknown `space`, a model without latent sample sites, or a
       discrete latent site (enumerate or marginalize it out first).
   """
-  import numpyro  # pylint: disable=g-import-not-at-top
-  from numpyro import handlers  # pylint: disable=g-import-not-at-top
-  from numpyro.distributions.transforms import biject_to  # pylint: disable=g-import-not-at-top
-  from numpyro.infer import util as npu  # pylint: disable=g-import-not-at-top
-
   if space not in ("constrained", "unconstrained"):
     raise ValueError(
         f"space must be 'constrained' or 'unconstrained'; got {space!r}.")
   key = jax.random.PRNGKey(0) if key is None else key
-  # Trace the model abstractly (jax.eval_shape: no compilation, no draws):
-  # first for its sites, then with the latents as tracers, evaluating all
-  # else at compile time, so a support that still holds a tracer depends on
-  # other latents (e.g. Uniform(0, x)) and cannot get a fixed bijector.
+  latent, deterministic = _numpyro_sites(model, key, model_args, model_kwargs)
+  if space == "unconstrained":
+    return _numpyro_unconstrained(model, key, model_args, model_kwargs)
+  supports = _numpyro_supports(model, key, latent, model_args, model_kwargs)
+  return _numpyro_constrained(model, latent, deterministic, supports,
+                              model_args, model_kwargs)
+
+
+def _numpyro_sites(model, key, model_args, model_kwargs):
+  """The latent sample sites `{name: (fn, ShapeDtypeStruct)}` and deterministic names.
+
+  Traced abstractly (`jax.eval_shape`: no compilation, no draws).
+  """
+  from numpyro import handlers  # pylint: disable=g-import-not-at-top
   sites = {}
 
   def probe():
@@ -208,9 +213,9 @@ def from_numpyro(model: Callable, *model_args, key=None,
     return jnp.zeros(())
 
   jax.eval_shape(probe)
-  latent = {n: v for n, v in sites.items()
+  latent = {n: (v[2], v[3]) for n, v in sites.items()
             if v[0] == "sample" and not v[1]}
-  for name, (_, _, fn, _) in latent.items():
+  for name, (fn, _) in latent.items():
     if fn.support.is_discrete:
       raise ValueError(
           f"model's site {name!r} is discrete ({type(fn).__name__}); "
@@ -218,6 +223,17 @@ def from_numpyro(model: Callable, *model_args, key=None,
   if not latent:
     raise ValueError("model has no latent sample sites to fit.")
   deterministic = [n for n, v in sites.items() if v[0] == "deterministic"]
+  return latent, deterministic
+
+
+def _numpyro_supports(model, key, latent, model_args, model_kwargs):
+  """Each latent site's support, with the latents as tracers.
+
+  All else is evaluated at compile time, so a support that still holds a
+  tracer depends on other latents (e.g. Uniform(0, x)) and cannot get a fixed
+  bijector: a ValueError.
+  """
+  from numpyro import handlers  # pylint: disable=g-import-not-at-top
   supports = {}
 
   def probe_supports(values):
@@ -228,14 +244,39 @@ def from_numpyro(model: Callable, *model_args, key=None,
     supports.update({n: tr[n]["fn"].support for n in latent})
     return jnp.zeros(())
 
-  if space == "constrained":
-    jax.eval_shape(probe_supports, {n: v[3] for n, v in latent.items()})
-    dependent = [n for n, sup in supports.items() if any(
-        isinstance(l, jax.core.Tracer) for l in jax.tree_util.tree_leaves(sup))]
-    if dependent:
-      raise ValueError(
-          f"the supports of sites {dependent} depend on other latents, so "
-          "they have no fixed bijector; use space='unconstrained'.")
+  jax.eval_shape(probe_supports, {n: v[1] for n, v in latent.items()})
+  dependent = [n for n, sup in supports.items() if any(
+      isinstance(l, jax.core.Tracer) for l in jax.tree_util.tree_leaves(sup))]
+  if dependent:
+    raise ValueError(
+        f"the supports of sites {dependent} depend on other latents, so "
+        "they have no fixed bijector; use space='unconstrained'.")
+  return supports
+
+
+def _numpyro_unconstrained(model, key, model_args, model_kwargs):
+  """NumPyro's own unconstrained potential and `postprocess_fn`."""
+  from numpyro.infer import util as npu  # pylint: disable=g-import-not-at-top
+  info = npu.initialize_model(key, model, model_args=model_args,
+                              model_kwargs=model_kwargs)
+  potential_fn = info.potential_fn
+
+  def target_log_prob_fn(**u):
+    return -potential_fn(u)
+
+  event_shape = {n: tuple(jnp.shape(v)) for n, v in info.param_info.z.items()}
+  return AdaptedModel(target_log_prob_fn=target_log_prob_fn,
+                      event_shape=event_shape, bijector=None,
+                      constrain=jax.vmap(info.postprocess_fn))
+
+
+def _numpyro_constrained(model, latent, deterministic, supports, model_args,
+                         model_kwargs):
+  """`log_density` over the sites' values, `biject_to(support)` per site."""
+  import numpyro  # pylint: disable=g-import-not-at-top
+  from numpyro import handlers  # pylint: disable=g-import-not-at-top
+  from numpyro.distributions.transforms import biject_to  # pylint: disable=g-import-not-at-top
+  from numpyro.infer import util as npu  # pylint: disable=g-import-not-at-top
 
   def with_deterministic(z_one):
     if not deterministic:
@@ -245,24 +286,11 @@ def from_numpyro(model: Callable, *model_args, key=None,
                                                         **model_kwargs)
     return {**z_one, **{n: tr[n]["value"] for n in deterministic}}
 
-  if space == "unconstrained":
-    info = npu.initialize_model(key, model, model_args=model_args,
-                                model_kwargs=model_kwargs)
-    potential_fn = info.potential_fn
-
-    def target_log_prob_fn(**u):
-      return -potential_fn(u)
-
-    event_shape = {n: tuple(jnp.shape(v)) for n, v in info.param_info.z.items()}
-    return AdaptedModel(target_log_prob_fn=target_log_prob_fn,
-                        event_shape=event_shape, bijector=None,
-                        constrain=jax.vmap(info.postprocess_fn))
-
-  def target_log_prob_fn(**z):  # pylint: disable=function-redefined
+  def target_log_prob_fn(**z):
     log_joint, _ = npu.log_density(model, model_args, model_kwargs, z)
     return log_joint
 
-  event_shape = {n: tuple(v[3].shape) for n, v in latent.items()}
+  event_shape = {n: tuple(v[1].shape) for n, v in latent.items()}
   bijector = {}
   for n in latent:
     t = biject_to(supports[n])

@@ -153,29 +153,19 @@ def latent_space(event_shape: Any, bijector: Any = None) -> LatentSpace:
   shape_leaves, treedef = jax.tree_util.tree_flatten(event_shape,
                                                      is_leaf=is_shape)
   shapes = [_as_shape(s) for s in shape_leaves]
-  norm_event_shape = jax.tree_util.tree_unflatten(treedef, shapes)
-
-  if bijector is None or is_bijector(bijector):
-    bijs = [bijector] * len(shapes)
-  else:
-    bij_paths, bij_leaves = _paths_and_leaves(bijector, _is_bijector_leaf)
-    shape_paths, _ = _paths_and_leaves(event_shape, is_shape)
-    if bij_paths != shape_paths or not all(
-        _is_bijector_leaf(b) for b in bij_leaves):
-      raise ValueError(
-          "bijector must be None, one bijector, or a pytree of bijectors with "
-          "the structure of event_shape; event_shape has latents "
-          f"{_fmt_paths(shape_paths)} but bijector has "
-          f"{_fmt_paths(bij_paths)} (leaves: "
-          f"{[type(b).__name__ for b in bij_leaves]}).")
-    bijs = bij_leaves
-  bijs = [_to_distrax(b) for b in bijs]
+  bijs = [_to_distrax(b) for b in _bijector_leaves(bijector, event_shape,
+                                                   len(shapes))]
   ushapes = [_unconstrained_shape(b, s) for b, s in zip(bijs, shapes)]
   sizes = [int(np.prod(s, dtype=np.int64)) for s in ushapes]
   offsets = np.cumsum([0] + sizes)
-  dim = int(offsets[-1])
   is_single = is_shape(event_shape)
-  is_identity = all(b is None for b in bijs)
+
+  def leaves(z):
+    return [z] if is_single else treedef.flatten_up_to(z)
+
+  def tree(leaf_list):
+    return leaf_list[0] if is_single else jax.tree_util.tree_unflatten(
+        treedef, leaf_list)
 
   def unflatten(u):
     batch = u.shape[:-1]
@@ -183,60 +173,71 @@ def latent_space(event_shape: Any, bijector: Any = None) -> LatentSpace:
     # (whose transposes are a pad and an add per latent).
     pieces = (jnp.split(u, [int(o) for o in offsets[1:-1]], axis=-1)
               if len(ushapes) > 1 else [u])
-    leaves = [p.reshape(batch + ushapes[i]) for i, p in enumerate(pieces)]
-    return leaves[0] if is_single else jax.tree_util.tree_unflatten(
-        treedef, leaves)
-
-  def _leaves(z):
-    if is_single:
-      return [z]
-    return treedef.flatten_up_to(z)
+    return tree([p.reshape(batch + ushapes[i]) for i, p in enumerate(pieces)])
 
   def batch_shape(z):
-    leaves = _leaves(z)
-    first = jnp.shape(leaves[0])
+    first = jnp.shape(leaves(z)[0])
     return tuple(first[:len(first) - len(shapes[0])])
 
   def flatten(u_tree):
-    leaves = _leaves(u_tree)
-    batch = jnp.shape(leaves[0])[:jnp.ndim(leaves[0]) - len(ushapes[0])]
+    u_leaves = leaves(u_tree)
+    batch = jnp.shape(u_leaves[0])[:jnp.ndim(u_leaves[0]) - len(ushapes[0])]
     return jnp.concatenate(
-        [jnp.reshape(l, batch + (-1,)) for l in leaves], axis=-1)
+        [jnp.reshape(l, batch + (-1,)) for l in u_leaves], axis=-1)
 
   def forward_and_log_det(u):
-    u_leaves = _leaves(unflatten(u))
-    z_leaves, ldj = [], jnp.zeros(u.shape[:1], u.dtype)
-    for b, x in zip(bijs, u_leaves):
-      if b is None:
-        z_leaves.append(x)
-        continue
-      y, l = jax.vmap(b.forward_and_log_det)(x)
-      z_leaves.append(y)
-      ldj = ldj + jnp.sum(l.reshape(l.shape[:1] + (-1,)), axis=-1).astype(
-          u.dtype)
-    z = z_leaves[0] if is_single else jax.tree_util.tree_unflatten(
-        treedef, z_leaves)
-    return z, ldj
+    z_leaves, ldj = _map_leaves(bijs, leaves(unflatten(u)), "forward_and_log_det")
+    return tree(z_leaves), jnp.broadcast_to(
+        jnp.asarray(ldj, u.dtype), u.shape[:1])
 
   def inverse_and_log_det(z):
-    z_leaves = _leaves(z)
+    z_leaves = leaves(z)
     n = jnp.shape(z_leaves[0])[0]
-    u_leaves, ildj = [], 0.
-    for b, y in zip(bijs, z_leaves):
-      if b is None:
-        u_leaves.append(y)
-        continue
-      x, l = jax.vmap(b.inverse_and_log_det)(y)
-      u_leaves.append(x)
-      ildj = ildj + jnp.sum(l.reshape(l.shape[:1] + (-1,)), axis=-1)
+    u_leaves, ildj = _map_leaves(bijs, z_leaves, "inverse_and_log_det")
     u = jnp.concatenate([jnp.reshape(l, (n, -1)) for l in u_leaves], axis=-1)
     return u, jnp.broadcast_to(jnp.asarray(ildj, u.dtype), (n,))
 
-  return LatentSpace(dim=dim, event_shape=norm_event_shape,
+  return LatentSpace(dim=int(offsets[-1]),
+                     event_shape=jax.tree_util.tree_unflatten(treedef, shapes),
                      unconstrained_shapes=ushapes, unflatten=unflatten,
                      flatten=flatten, forward_and_log_det=forward_and_log_det,
                      inverse_and_log_det=inverse_and_log_det,
-                     batch_shape=batch_shape, is_identity=is_identity)
+                     batch_shape=batch_shape,
+                     is_identity=all(b is None for b in bijs))
+
+
+def _bijector_leaves(bijector: Any, event_shape: Any, num_latents: int) -> list:
+  """One bijector (or None) per latent leaf of `event_shape`, checked."""
+  if bijector is None or is_bijector(bijector):
+    return [bijector] * num_latents
+  bij_paths, bij_leaves = _paths_and_leaves(bijector, _is_bijector_leaf)
+  shape_paths, _ = _paths_and_leaves(event_shape, is_shape)
+  if bij_paths != shape_paths or not all(
+      _is_bijector_leaf(b) for b in bij_leaves):
+    raise ValueError(
+        "bijector must be None, one bijector, or a pytree of bijectors with "
+        "the structure of event_shape; event_shape has latents "
+        f"{_fmt_paths(shape_paths)} but bijector has "
+        f"{_fmt_paths(bij_paths)} (leaves: "
+        f"{[type(b).__name__ for b in bij_leaves]}).")
+  return bij_leaves
+
+
+def _map_leaves(bijs: list, x_leaves: list, method: str) -> tuple[list, Any]:
+  """Applies each bijector's `method` vmapped over the leading axis.
+
+  Returns the mapped leaves (a None bijector passes its leaf through) and
+  the summed log-det-Jacobian `[n]` (0. when every bijector is None).
+  """
+  y_leaves, ldj = [], 0.
+  for b, x in zip(bijs, x_leaves):
+    if b is None:
+      y_leaves.append(x)
+      continue
+    y, l = jax.vmap(getattr(b, method))(x)
+    y_leaves.append(y)
+    ldj = ldj + jnp.sum(l.reshape(l.shape[:1] + (-1,)), axis=-1)
+  return y_leaves, ldj
 
 
 def _paths_and_leaves(tree, is_leaf):

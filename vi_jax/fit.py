@@ -46,6 +46,7 @@ from vi_jax.guards import skip_report
 from vi_jax.guards import with_nonfinite_guard
 from vi_jax.losses import negative_elbo
 from vi_jax.minibatch import with_minibatch
+from vi_jax.sharding import is_main_process
 from vi_jax.step import core_step
 from vi_jax.step import joint
 from vi_jax.step import TraceableQuantities
@@ -425,8 +426,8 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       likelihood by `batch.scale = N / batch_size`. None: all rows.
     num_shards: row blocks for per-shard drawing; use the number of devices the
       data is sharded over (keep it fixed to get the same draws on 1 device).
-    progress_bar: None (on when stderr is a TTY and the fit is not traced by
-      an outer jit/vmap), True, False or a
+    progress_bar: None (on when stderr is a TTY, the fit is not traced by
+      an outer jit/vmap and there is one process), True, False or a
       `vi_jax.progress.ProgressBar(every, file, desc)`. Off means no callback
       is compiled in.
     skip_nonfinite: skip updates with a non-finite loss or gradient.
@@ -464,8 +465,10 @@ def fit(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
       _check_start(spec, key, init_params, init_state), spec.model_params,
       spec.data_spec, check_scale=spec.data_spec is not None and
       spec.batch_size < spec.n_rows)
-  if progress_bar is None and _is_traced(key):
-    progress_bar = False  # default: no bar inside an outer jit/vmap
+  if progress_bar is None and (_is_traced(key) or jax.process_count() > 1):
+    # Default off inside an outer jit/vmap, and with several processes (whose
+    # stderr may differ in being a TTY, yet all must compile one program).
+    progress_bar = False
   settings = progress.resolve_progress_bar(progress_bar)
   # The initial loss is checked (and the program cached) only for a top-level
   # call: under an outer jit/vmap/grad it could not raise anyway.
@@ -503,5 +506,5 @@ def _host_checks(reporter, result, loss0, last_loss, spec, data,
   message = skip_report(result.num_nonfinite, result.skipped,
                         result.diverged, result.num_steps_taken,
                         spec.max_nonfinite, data)
-  if message:
+  if message and is_main_process():  # the raise above stays on every process
     warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -78,9 +78,13 @@ class _HostBar:
   def start(self):
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     self.close()
+    from vi_jax.sharding import is_main_process  # pylint: disable=g-import-not-at-top
+    # The callback is compiled in on every process (one program for all);
+    # only process 0 draws.
     self.bar = tqdm(total=self.total, desc=self.settings.desc,
                     file=self.settings.file or sys.stderr, unit="step",
-                    dynamic_ncols=True, mininterval=self.settings.mininterval)
+                    dynamic_ncols=True, mininterval=self.settings.mininterval,
+                    disable=not is_main_process())
     self.t0 = self.step0 = None
 
   def report(self, step: int, loss: float, every: int) -> int:
