@@ -119,14 +119,15 @@ def _run(target_log_prob_fn, space, max_iterations, x0):
   eps = jnp.finfo(x0.dtype).eps
   regular = (eig[0] > 0) & (eig[-1] < eig[0] / (dim * eps))
   scale_tril = _covariance_factor(precision)
-  step = scale_tril @ (scale_tril.T @ state.grad)     # Newton step (-H)^-1 g
-  decrement = jnp.sqrt(jnp.abs(jnp.dot(state.grad, step)))
-  loc = state.x - step
-  finite = jnp.isfinite(state.value) & jnp.all(jnp.isfinite(scale_tril)) & (
-      jnp.all(jnp.isfinite(loc)))
-  converged = finite & regular & (decrement < _MAX_NEWTON_DECREMENT)
+  loc = state.x - scale_tril @ (scale_tril.T @ state.grad)  # one Newton step
   loc = jnp.where(jnp.all(jnp.isfinite(loc)), loc, state.x)
-  return loc, scale_tril, converged, state.num_evals + dim
+  # Judged where it is returned: the Newton decrement at the refined loc.
+  grad = jax.grad(neg)(loc)
+  decrement = jnp.sqrt(jnp.abs(jnp.sum((scale_tril.T @ grad) ** 2)))
+  finite = jnp.isfinite(state.value) & jnp.all(jnp.isfinite(scale_tril)) & (
+      jnp.all(jnp.isfinite(grad)))
+  converged = finite & regular & (decrement < _MAX_NEWTON_DECREMENT)
+  return loc, scale_tril, converged, state.num_evals + dim + 1
 
 
 @functools.lru_cache(maxsize=64)
