@@ -154,6 +154,23 @@ def breast_cancer_logistic_regression() -> Target:
                               2000)
 
 
+def german_credit_logistic_regression() -> Target:
+  """UCI German credit (numeric), as inference_gym's
+  GermanCreditNumericLogisticRegression: 24 standardized features plus an
+  intercept, N(0, 1) priors, label 1 for a bad credit (code 2), 1000 rows
+  (25 dims); reference from inference_gym's ground truth."""
+  from inference_gym.targets.ground_truth import german_credit_numeric_logistic_regression as gt  # pylint: disable=g-import-not-at-top
+  raw = np.loadtxt(os.path.join(os.path.dirname(__file__), "data",
+                                "german.data-numeric"))
+  x, y = raw[:, :-1], (raw[:, -1] == 2).astype(np.float32)
+  x = (x - x.mean(0)) / x.std(0)
+  t = _logistic_regression("logistic regression German credit (25)", x, y,
+                           2000)
+  return t._replace(ref_mean=np.asarray(gt.IDENTITY_MEAN, np.float32),
+                    ref_std=np.asarray(gt.IDENTITY_STANDARD_DEVIATION,
+                                       np.float32))
+
+
 def synthetic_logistic_regression(num_features: int = 500,
                                   num_rows: int = 5000,
                                   seed: int = 0) -> Target:
@@ -187,6 +204,7 @@ TARGETS = {
     "sv_small": stochastic_volatility_small,
     "sv_full": stochastic_volatility_full,
     "breast_cancer": breast_cancer_logistic_regression,
+    "german_credit": german_credit_logistic_regression,
     "irt": item_response_theory,
     "brownian": brownian_motion,
     "ill_gaussian": ill_conditioned_gaussian,
