@@ -134,13 +134,17 @@ def banana() -> Target:
 
 
 def _logistic_regression(name, x, y, steps):
+  """N(0, 1) prior; the likelihood written as sum(log_sigmoid(sign * logits)),
+  sign = 2y - 1: the same density as sum(y * logits - softplus(logits)), but
+  XLA:CPU then computes the value and the gradient in one pass over the rows
+  (with the softplus form the value costs about 1.25x the gradient alone at
+  S = 16, for every method alike)."""
   x = jnp.asarray(np.concatenate([x, np.ones((x.shape[0], 1))], 1), jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
+  sign = jnp.asarray(2. * np.asarray(y) - 1., jnp.float32)
 
   def fn(w):
-    logits = x @ w
     return (-0.5 * jnp.sum(w**2) +
-            jnp.sum(y * logits - jax.nn.softplus(logits)))
+            jnp.sum(jax.nn.log_sigmoid(sign * (x @ w))))
 
   return _make(name, fn, (x.shape[1],), None, steps)
 
