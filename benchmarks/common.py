@@ -134,13 +134,17 @@ def banana() -> Target:
 
 
 def _logistic_regression(name, x, y, steps):
+  """N(0, 1) prior; the likelihood written as sum(log_sigmoid(sign * logits)),
+  sign = 2y - 1: the same density as sum(y * logits - softplus(logits)), but
+  XLA:CPU then computes the value and the gradient in one pass over the rows
+  (with the softplus form the value costs about 1.25x the gradient alone at
+  S = 16, for every method alike)."""
   x = jnp.asarray(np.concatenate([x, np.ones((x.shape[0], 1))], 1), jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
+  sign = jnp.asarray(2. * np.asarray(y) - 1., jnp.float32)
 
   def fn(w):
-    logits = x @ w
     return (-0.5 * jnp.sum(w**2) +
-            jnp.sum(y * logits - jax.nn.softplus(logits)))
+            jnp.sum(jax.nn.log_sigmoid(sign * (x @ w))))
 
   return _make(name, fn, (x.shape[1],), None, steps)
 
@@ -152,6 +156,23 @@ def breast_cancer_logistic_regression() -> Target:
   x = (x - x.mean(0)) / x.std(0)
   return _logistic_regression("logistic regression breast cancer (31)", x, y,
                               2000)
+
+
+def german_credit_logistic_regression() -> Target:
+  """UCI German credit (numeric), as inference_gym's
+  GermanCreditNumericLogisticRegression: 24 standardized features plus an
+  intercept, N(0, 1) priors, label 1 for a bad credit (code 2), 1000 rows
+  (25 dims); reference from inference_gym's ground truth."""
+  from inference_gym.targets.ground_truth import german_credit_numeric_logistic_regression as gt  # pylint: disable=g-import-not-at-top
+  raw = np.loadtxt(os.path.join(os.path.dirname(__file__), "data",
+                                "german.data-numeric"))
+  x, y = raw[:, :-1], (raw[:, -1] == 2).astype(np.float32)
+  x = (x - x.mean(0)) / x.std(0)
+  t = _logistic_regression("logistic regression German credit (25)", x, y,
+                           2000)
+  return t._replace(ref_mean=np.asarray(gt.IDENTITY_MEAN, np.float32),
+                    ref_std=np.asarray(gt.IDENTITY_STANDARD_DEVIATION,
+                                       np.float32))
 
 
 def synthetic_logistic_regression(num_features: int = 500,
@@ -187,6 +208,7 @@ TARGETS = {
     "sv_small": stochastic_volatility_small,
     "sv_full": stochastic_volatility_full,
     "breast_cancer": breast_cancer_logistic_regression,
+    "german_credit": german_credit_logistic_regression,
     "irt": item_response_theory,
     "brownian": brownian_motion,
     "ill_gaussian": ill_conditioned_gaussian,

@@ -129,9 +129,27 @@ def batched_target(target_log_prob_fn) -> Callable[[PyTree], Array]:
   return lambda z: batched(z, ())
 
 
+def _map(fn, in_axes, *args):
+  """`jax.vmap(fn, in_axes)(*args)`; over a batch of one, `fn` on the one
+  draw with the axis added back to every output.
+
+  XLA:CPU vectorizes an elementwise loop along its minor dimension; vmap over
+  one draw makes that dimension 1 in every intermediate it batches (the
+  logits `[rows, 1]` of a regression), and the loop then runs scalar: a
+  transcendental such as a softplus costs about ten times more.
+  """
+  sizes = {jnp.shape(l)[0] for a, ax in zip(args, in_axes) if ax == 0
+           for l in jax.tree_util.tree_leaves(a)}
+  if sizes != {1}:
+    return jax.vmap(fn, in_axes=in_axes)(*args)
+  one = [jax.tree_util.tree_map(lambda x: x[0], a) if ax == 0 else a
+         for a, ax in zip(args, in_axes)]
+  return jax.tree_util.tree_map(lambda x: x[None], fn(*one))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _fused(log_prob_fn, z, extra):
-  return jax.vmap(log_prob_fn, in_axes=(0, None))(z, extra)
+  return _map(log_prob_fn, (0, None), z, extra)
 
 
 def _fused_jvp(log_prob_fn, primals, tangents):
@@ -150,10 +168,9 @@ def _fused_jvp(log_prob_fn, primals, tangents):
 
   in_axes = [0] * num_z + [None] * (len(flat) - num_z)
   if not live:
-    value = jax.vmap(one, in_axes=in_axes)(*flat)
+    value = _map(one, in_axes, *flat)
     return value, jnp.zeros_like(value)
-  value, grads = jax.vmap(jax.value_and_grad(one, argnums=live),
-                          in_axes=in_axes)(*flat)
+  value, grads = _map(jax.value_and_grad(one, argnums=live), in_axes, *flat)
   n = value.shape[0]
   tangent = jnp.zeros((n,), value.dtype)
   for i, g in zip(live, grads):
@@ -191,7 +208,7 @@ def batched_log_prob(
   def batched(z, extra=()):
     leaves = jax.tree_util.tree_leaves((z, extra))
     if not all(_is_float(l) for l in leaves):
-      return jax.vmap(log_prob_fn, in_axes=(0, None))(z, extra)
+      return _map(log_prob_fn, (0, None), z, extra)
     one = jax.tree_util.tree_map(lambda x: x[0], z)
     converted, consts = jax.closure_convert(log_prob_fn, one, extra)
     return _fused(lambda zz, ec: converted(zz, ec[0], *ec[1]), z,
