@@ -164,10 +164,9 @@ def german_credit_logistic_regression() -> Target:
   intercept, N(0, 1) priors, label 1 for a bad credit (code 2), 1000 rows
   (25 dims); reference from inference_gym's ground truth."""
   from inference_gym.targets.ground_truth import german_credit_numeric_logistic_regression as gt  # pylint: disable=g-import-not-at-top
-  raw = np.loadtxt(os.path.join(os.path.dirname(__file__), "data",
-                                "german.data-numeric"))
-  x, y = raw[:, :-1], (raw[:, -1] == 2).astype(np.float32)
-  x = (x - x.mean(0)) / x.std(0)
+  from benchmarks.auto_targets import german_credit_data  # pylint: disable=g-import-not-at-top
+  x, y = german_credit_data()
+  y = y.astype(np.float32)
   t = _logistic_regression("logistic regression German credit (25)", x, y,
                            2000)
   return t._replace(ref_mean=np.asarray(gt.IDENTITY_MEAN, np.float32),
