@@ -186,6 +186,17 @@ def _psis_1d(log_weights: Array, tail_len: int, normalize: bool):
   return x, k
 
 
+def _checked_log_weights(log_weights, reff) -> Array:
+  """`log_weights` as an array with a last axis of draws, or a ValueError."""
+  log_weights = jnp.asarray(log_weights)
+  if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
+    raise ValueError("log_weights must have a last axis of draws [*batch, S]; "
+                     f"got shape {log_weights.shape}.")
+  if not reff > 0:
+    raise ValueError(f"reff must be > 0; got {reff}.")
+  return log_weights
+
+
 def psis(log_weights: ArrayLike, *, reff: float = 1.,
          normalize: bool = True) -> PSISResult:
   """Pareto-smoothed importance sampling of log importance weights.
@@ -220,12 +231,7 @@ def psis(log_weights: ArrayLike, *, reff: float = 1.,
     sampling", JMLR 25(72); Zhang & Stephens (2009), Technometrics 51(3);
     `arviz.psislw`; `loo::psis`.
   """
-  log_weights = jnp.asarray(log_weights)
-  if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
-    raise ValueError("log_weights must have a last axis of draws [*batch, S]; "
-                     f"got shape {log_weights.shape}.")
-  if not reff > 0:
-    raise ValueError(f"reff must be > 0; got {reff}.")
+  log_weights = _checked_log_weights(log_weights, reff)
   if not jnp.issubdtype(log_weights.dtype, jnp.floating):
     log_weights = log_weights.astype(jnp.zeros(()).dtype)
   tail_len = _tail_length(log_weights.shape[-1], reff)
@@ -305,12 +311,7 @@ def diagnose_log_weights(log_weights: ArrayLike, *,
   Returns:
     `ImportanceDiagnostics` whose fields have shape `[*batch]`.
   """
-  log_weights = jnp.asarray(log_weights)
-  if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
-    raise ValueError("log_weights must have a last axis of draws [*batch, S]; "
-                     f"got shape {log_weights.shape}.")
-  if not reff > 0:
-    raise ValueError(f"reff must be > 0; got {reff}.")
+  log_weights = _checked_log_weights(log_weights, reff)
   return _diagnose_log_weights(log_weights, float(reff))
 
 

@@ -17,6 +17,7 @@ import optax
 from vi_jax import bijectors as bij_lib
 from vi_jax._types import Array, Params
 from vi_jax import _validation as vv
+from vi_jax._lbfgs import lbfgs_step
 from vi_jax.pathfinder import (check_target_on_space, flat_log_density, space_key,
                                space_from_key)
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
@@ -70,25 +71,19 @@ class _MapState(NamedTuple):
 
 
 def _map_step(neg, solver, max_iterations, st: _MapState) -> _MapState:
-  updates, opt_state = solver.update(st.grad, st.opt_state, st.x,
-                                     value=st.value, grad=st.grad, value_fn=neg)
-  x = st.x + updates
-  value = optax.tree_utils.tree_get(opt_state, "value")
-  grad = optax.tree_utils.tree_get(opt_state, "grad")
-  info = optax.tree_utils.tree_get(opt_state, "info")
-  finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-  eps = jnp.finfo(x.dtype).eps
-  stalled = jnp.abs(st.value - value) <= 10. * eps * jnp.maximum(
-      jnp.abs(value), 1.)
+  step = lbfgs_step(neg, solver, st.x, st.value, st.grad, st.opt_state)
+  eps = jnp.finfo(step.x.dtype).eps
+  stalled = jnp.abs(st.value - step.value) <= 10. * eps * jnp.maximum(
+      jnp.abs(step.value), 1.)
   iteration = st.iteration + 1
-  done = (~finite | stalled | (jnp.max(jnp.abs(grad)) == 0.) |
+  done = (~step.finite | stalled | (jnp.max(jnp.abs(step.grad)) == 0.) |
           (iteration >= max_iterations))
   new = jax.tree_util.tree_map(
-      lambda a, b: jnp.where(finite, a, b), (x, value, grad, opt_state),
+      lambda a, b: jnp.where(step.finite, a, b),
+      (step.x, step.value, step.grad, step.opt_state),
       (st.x, st.value, st.grad, st.opt_state))
   return _MapState(*new, iteration=iteration, done=done,
-                   num_evals=st.num_evals + jnp.asarray(
-                       info.num_linesearch_steps, jnp.int32))
+                   num_evals=st.num_evals + step.num_evals)
 
 
 def _covariance_factor(precision):

@@ -27,6 +27,7 @@ from vi_jax._types import Array, Params, PyTree
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 from vi_jax import _validation as vv
+from vi_jax._lbfgs import lbfgs_step
 from vi_jax.target import call_target, check_target
 
 __all__ = ["PathfinderResult", "pathfinder"]
@@ -201,14 +202,8 @@ def _step(log_density, solver, num_elbo_draws, ftol, gtol, max_iterations,
           key, st: _PathState) -> _PathState:
   """One L-BFGS iteration, its history update and its Gaussian's ELBO."""
   neg = lambda x: -log_density(x[None])[0]
-  updates, opt_state = solver.update(st.grad, st.opt_state, st.x,
-                                     value=st.value, grad=st.grad, value_fn=neg)
-  x = st.x + updates
-  value = optax.tree_utils.tree_get(opt_state, "value")
-  grad = optax.tree_utils.tree_get(opt_state, "grad")
-  info = optax.tree_utils.tree_get(opt_state, "info")
-  finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)) & jnp.all(
-      jnp.isfinite(x))
+  step = lbfgs_step(neg, solver, st.x, st.value, st.grad, st.opt_state)
+  x, value, grad, opt_state, finite = step[:5]
   ds, dz = x - st.x, grad - st.grad
   eps = jnp.finfo(x.dtype).eps
   accept = finite & (jnp.dot(ds, dz) > eps * jnp.dot(dz, dz))
@@ -237,8 +232,7 @@ def _step(log_density, solver, num_elbo_draws, ftol, gtol, max_iterations,
   return _PathState(
       *moved, alpha=alpha, s=s, z=z, filled=filled, iteration=iteration,
       done=done,
-      num_evals=st.num_evals + jnp.asarray(
-          info.num_linesearch_steps + num_elbo_draws, jnp.int32),
+      num_evals=st.num_evals + step.num_evals + num_elbo_draws,
       best_elbo=jnp.maximum(elbo, st.best_elbo),
       best=jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b),
                                   gaussian, st.best))

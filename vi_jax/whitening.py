@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax import bijectors as bij_lib
-from vi_jax.surrogates.base import Surrogate
+from vi_jax.surrogates.base import Surrogate, from_latents, to_latents
 
 __all__ = ["whiten"]
 
@@ -104,20 +104,10 @@ def whiten(make_surrogate, event_shape, bijector=None, *, loc, scale_tril,
   def sample_and_log_prob(params, key, sample_size):
     u, log_q_u = inner.sample_and_log_prob(params, key, sample_size)
     x = loc.astype(u.dtype) + u @ scale_tril.T.astype(u.dtype)
-    log_q_x = log_q_u - log_det_scale
-    if space.is_identity:
-      return space.unflatten(x), log_q_x
-    z, ldj = space.forward_and_log_det(x)
-    return z, log_q_x - ldj
+    return to_latents(space, x, log_q_u - log_det_scale)
 
   def log_prob(params, z):
-    batch = space.batch_shape(z)
-    z_flat = jax.tree_util.tree_map(
-        lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(batch):]), z)
-    if space.is_identity:
-      x, ildj = space.flatten(z_flat), 0.
-    else:
-      x, ildj = space.inverse_and_log_det(z_flat)
+    x, ildj, batch = from_latents(space, z)
     u = jax.scipy.linalg.solve_triangular(scale_tril, (x - loc).T,
                                           lower=True).T
     log_q = inner.log_prob(params, u) - log_det_scale + ildj

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vi_jax import bijectors as bij_lib
-from vi_jax._types import InitFn, LogProbFn, Params, SampleAndLogProbFn
+from vi_jax._types import Array, InitFn, LogProbFn, Params, SampleAndLogProbFn
 from vi_jax.target import materialize
 from vi_jax._validation import positive_int
 
@@ -51,6 +51,32 @@ def check_sample_size(sample_size) -> int:
   return positive_int("sample_size", sample_size)
 
 
+def to_latents(space: bij_lib.LatentSpace, u: Array, log_q_u: Array):
+  """Flat unconstrained draws `u: [n, dim]` with their density `log_q_u: [n]`
+  -> `(z, log_q)`: z a pytree like `space.event_shape` with leading [n] in each
+  latent's support, log_q its density there (log-det-Jacobian included)."""
+  if space.is_identity:
+    return space.unflatten(u), log_q_u
+  z, ldj = space.forward_and_log_det(u)
+  return z, log_q_u - ldj
+
+
+def from_latents(space: bij_lib.LatentSpace, z):
+  """The inverse of `to_latents` for given draws: `(u, ildj, batch)`.
+
+  z: pytree with leading `batch` dims; u: `[prod(batch), dim]` flat
+  unconstrained values; ildj: `[prod(batch)]` (or 0.) the inverse
+  log-det-Jacobian to add to the density of u.
+  """
+  batch = space.batch_shape(z)
+  z_flat = jax.tree_util.tree_map(
+      lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(batch):]), z)
+  if space.is_identity:
+    return space.flatten(z_flat), 0., batch
+  u, ildj = space.inverse_and_log_det(z_flat)
+  return u, ildj, batch
+
+
 def transformed_surrogate(
     space: bij_lib.LatentSpace,
     init_fn: InitFn,
@@ -75,19 +101,10 @@ def transformed_surrogate(
     sample_size = check_sample_size(sample_size)
     u, log_q_u = _sample_and_log_prob(distribution_fn(params), key,
                                       sample_size)
-    if space.is_identity:
-      return space.unflatten(u), log_q_u
-    z, ldj = space.forward_and_log_det(u)
-    return z, log_q_u - ldj
+    return to_latents(space, u, log_q_u)
 
   def log_prob(params, z):
-    batch = space.batch_shape(z)
-    z_flat_batch = jax.tree_util.tree_map(
-        lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(batch):]), z)
-    if space.is_identity:
-      u, ildj = space.flatten(z_flat_batch), 0.
-    else:
-      u, ildj = space.inverse_and_log_det(z_flat_batch)
+    u, ildj, batch = from_latents(space, z)
     log_q = distribution_fn(params).log_prob(u) + ildj
     return jnp.reshape(log_q, batch)
 

@@ -120,6 +120,12 @@ def _coupling_masks(dim: int, num_layers: int):
   return [(np.arange(dim) % 2) == (l % 2) for l in range(num_layers)]
 
 
+def _init_layers_fn(sizes, num_layers, dtype):
+  """`key -> list of num_layers MLP params`: a flow's conditioner weights."""
+  return lambda key: [_init_mlp(k, sizes, dtype)
+                      for k in jax.random.split(key, num_layers)]
+
+
 def _coupling_flow(event_shape, bijector, num_layers, hidden_sizes,
                    params_per_dim, inner_bijector, init_loc, init_scale,
                    init_loc_radius, dtype):
@@ -130,9 +136,7 @@ def _coupling_flow(event_shape, bijector, num_layers, hidden_sizes,
   masks = _coupling_masks(dim, num_layers)
   sizes = [dim, *hidden_sizes, dim * params_per_dim]
 
-  def init_layers(key):
-    return [_init_mlp(k, sizes, dtype)
-            for k in jax.random.split(key, num_layers)]
+  init_layers = _init_layers_fn(sizes, num_layers, dtype)
 
   def layer_bijectors(layers):
     out = []
@@ -293,9 +297,7 @@ def inverse_autoregressive_flow(event_shape, bijector=None, *,
   masks = [_made_masks(dim, hidden_sizes, reverse=l % 2 == 1)
            for l in range(num_layers)]
 
-  def init_layers(key):
-    return [_init_mlp(k, sizes, dtype)
-            for k in jax.random.split(key, num_layers)]
+  init_layers = _init_layers_fn(sizes, num_layers, dtype)
 
   def layer_bijectors(layers):
     out = []
