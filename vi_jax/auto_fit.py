@@ -16,8 +16,8 @@ Stages:
    optimizer sees a problem scaled close to N(0, I)): mean-field, then
    full-rank (low-rank above 200 dims), then a RealNVP flow. Gaussian families
    are fitted by DADVI (fixed draws, L-BFGS: no learning rate); the flow by
-   `vi.fit_adaptive` (a learning-rate grid run in parallel, R-hat stopping,
-   iterate averaging). A stage's `num_restarts` independent fits, their PSIS
+   Adam at a fixed budget (warmup-cosine schedule; whitening makes one
+   schedule serve every target). A stage's `num_restarts` independent fits, their PSIS
    k-hats, ELBOs and moments are ONE compiled program (vmapped over keys); it
    is compiled once per target, family and settings and reused on later calls.
 3. **Verdict** (`vi_jax.verdict`): a stage passes when its best fit's PSIS
@@ -49,13 +49,12 @@ from vi_jax import bijectors as bij_lib
 from vi_jax import diagnostics
 from vi_jax import verdict
 from vi_jax._types import Params, PRNGKey, PyTree
-from vi_jax.fit import _check_key
-from vi_jax.fit import _one_draw_fn
+from vi_jax import _validation as vv
 from vi_jax.losses import target_log_prob_batched
 from vi_jax.surrogates import Surrogate
 from vi_jax.surrogates import mean_field
 from vi_jax.surrogates.base import check_sample_size
-from vi_jax.target import check_target
+from vi_jax.target import check_target_on_draw
 from vi_jax.verdict import StageRecord
 
 __all__ = ["AutoFitResult", "StageRecord", "auto_fit"]
@@ -158,14 +157,13 @@ def _check_inputs(target_log_prob_fn, event_shape, bijector, key, families,
                   num_restarts, num_draws, max_grad_evals) -> int:
   """vi.fit's checks (key, event_shape, bijector, the target on one draw);
   returns the unconstrained dimension."""
-  _check_key(key)
+  vv.prng_key(key)
   if not callable(target_log_prob_fn):
     raise TypeError("target_log_prob_fn must be callable; got "
                     f"{type(target_log_prob_fn).__name__}.")
   space = bij_lib.latent_space(event_shape, bijector)  # ValueError if bad
   probe = mean_field.mean_field_normal(event_shape, bijector)
-  draw, draw_args = _one_draw_fn(probe, key, None)
-  check_target(target_log_prob_fn, None, draw=draw, draw_args=draw_args)
+  check_target_on_draw(target_log_prob_fn, probe, key)
   if isinstance(families, str) or not families or any(
       f not in FAMILIES for f in families) or len(set(families)) != len(
           families):
@@ -173,7 +171,8 @@ def _check_inputs(target_log_prob_fn, event_shape, bijector, key, families,
                      f"names from {FAMILIES}; got {families!r}.")
   _positive_int("num_restarts", num_restarts, 2)
   _positive_int("num_draws", num_draws, 100)
-  _positive_int("max_grad_evals", max_grad_evals, 1)
+  _positive_int("max_grad_evals", max_grad_evals,
+                auto_stages.FLOW_SAMPLE_SIZE)
   return space.dim
 
 
@@ -181,7 +180,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
              families: Sequence[str] = FAMILIES, num_restarts: int = 2,
              num_draws: int = 4000, dadvi_draws: int = 30,
              max_dadvi_draws: int = 480, max_iterations: int = 500,
-             max_grad_evals: int = 200_000, max_k_hat: float = 0.5,
+             max_grad_evals: int = 16_000, max_k_hat: float = 0.5,
              dtype=None,
              verbose: bool = False) -> AutoFitResult:
   """Fits a surrogate posterior with no choices to make, and says if it can be trusted.
@@ -210,13 +209,13 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       still biased by the tail q misses (centered eight schools: k-hat 0.57,
       a mean 0.26 sd off after PSIS), which 0.7 (`max_k_hat=0.7`, "usable")
       would let pass.
-    dadvi_draws: DADVI's first number of fixed draws (raised to what the
-      family needs: dim + 1 for full-rank). Doubled, and the fits re-solved
-      from their optimum, while the fits pass k-hat but disagree.
+    dadvi_draws: DADVI's first number of fixed draws (raised to twice what
+      the family needs: 2 dim for full-rank). Multiplied by 4 once, and the
+      fits re-solved from their optimum, when they pass k-hat but disagree.
     max_dadvi_draws: the most fixed draws DADVI grows to.
     max_iterations: L-BFGS iterations per DADVI solve.
-    max_grad_evals: cap on one stochastic (flow) fit's target-gradient
-      evaluations.
+    max_grad_evals: one flow fit's budget of target-gradient evaluations
+      (Adam steps x 8 draws per step; 16,000 is 2,000 steps).
     dtype: floating dtype of the fit (default: JAX's default float).
     verbose: print each stage's record as it finishes.
 
@@ -228,7 +227,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
   Raises:
     TypeError / ValueError (before compilation): a bad `key`, `event_shape`,
       `bijector`, target (fails or is not scalar on one draw), `families`,
-      `num_restarts < 2`, `num_draws < 100`, `max_grad_evals < 1`.
+      `num_restarts < 2`, `num_draws < 100`, `max_grad_evals < 8`.
 
   Warns:
     UserWarning when no family passes: the families tried, their k-hats, what
@@ -242,7 +241,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       dadvi_draws=_positive_int("dadvi_draws", dadvi_draws, 2),
       max_dadvi_draws=_positive_int("max_dadvi_draws", max_dadvi_draws, 2),
       max_iterations=_positive_int("max_iterations", max_iterations),
-      max_grad_evals=max_grad_evals,
+      flow_steps=max_grad_evals // auto_stages.FLOW_SAMPLE_SIZE,
       dtype=None if dtype is None else jnp.dtype(dtype).name,
       max_k_hat=_check_max_k_hat(max_k_hat))
   start_key, ladder_key = jax.random.split(key)
