@@ -34,7 +34,6 @@ References:
   Zhang, Carpenter, Gelman, Vehtari (2022), Pathfinder, JMLR 23(306).
   Giordano, Ingram, Broderick (2024), DADVI, JMLR 25(18).
   Yao, Vehtari, Simpson, Gelman (2018), "Yes, but did it work?", ICML.
-  Welandawe, Andersen, Vehtari, Huggins (2024), RAABBVI, JMLR.
 """
 
 import math
