@@ -208,8 +208,9 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       still biased by the tail q misses (centered eight schools: k-hat 0.57,
       a mean 0.26 sd off after PSIS), which 0.7 (`max_k_hat=0.7`, "usable")
       would let pass.
-    dadvi_draws: DADVI's first number of fixed draws (raised to twice what
-      the family needs: 2 dim for full-rank). Multiplied by 4 once, and the
+    dadvi_draws: DADVI's first number of fixed draws (raised to 8 times
+      what the family needs, at most `max_dadvi_draws`: 8 dim for
+      full-rank). Multiplied by 4 once, and the
       fits re-solved from their optimum, when they pass k-hat but disagree.
     max_dadvi_draws: the most fixed draws DADVI grows to.
     max_iterations: L-BFGS iterations per DADVI solve.
