@@ -16,8 +16,8 @@ Stages:
    optimizer sees a problem scaled close to N(0, I)): mean-field, then
    full-rank (low-rank above 200 dims), then a RealNVP flow. Gaussian families
    are fitted by DADVI (fixed draws, L-BFGS: no learning rate); the flow by
-   `vi.fit_adaptive` (a learning-rate grid run in parallel, R-hat stopping,
-   iterate averaging). A stage's `num_restarts` independent fits, their PSIS
+   Adam at a fixed budget (warmup-cosine schedule; whitening makes one
+   schedule serve every target). A stage's `num_restarts` independent fits, their PSIS
    k-hats, ELBOs and moments are ONE compiled program (vmapped over keys); it
    is compiled once per target, family and settings and reused on later calls.
 3. **Verdict** (`vi_jax.verdict`): a stage passes when its best fit's PSIS
@@ -34,7 +34,6 @@ References:
   Zhang, Carpenter, Gelman, Vehtari (2022), Pathfinder, JMLR 23(306).
   Giordano, Ingram, Broderick (2024), DADVI, JMLR 25(18).
   Yao, Vehtari, Simpson, Gelman (2018), "Yes, but did it work?", ICML.
-  Welandawe, Andersen, Vehtari, Huggins (2024), RAABBVI, JMLR.
 """
 
 import math
@@ -165,7 +164,7 @@ def _check_inputs(target_log_prob_fn, event_shape, bijector, key, families,
                      f"names from {FAMILIES}; got {families!r}.")
   vv.integer("num_restarts", num_restarts, minimum=2)
   vv.integer("num_draws", num_draws, minimum=100)
-  vv.positive_int("max_grad_evals", max_grad_evals)
+  vv.integer("max_grad_evals", max_grad_evals, minimum=auto_stages.FLOW_SAMPLE_SIZE)
   return space.dim
 
 
@@ -173,7 +172,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
              families: Sequence[str] = FAMILIES, num_restarts: int = 2,
              num_draws: int = 4000, dadvi_draws: int = 30,
              max_dadvi_draws: int = 480, max_iterations: int = 500,
-             max_grad_evals: int = 200_000, max_k_hat: float = 0.5,
+             max_grad_evals: int = 16_000, max_k_hat: float = 0.5,
              dtype=None,
              verbose: bool = False) -> AutoFitResult:
   """Fits a surrogate posterior with no choices to make, and says if it can be trusted.
@@ -202,13 +201,14 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       still biased by the tail q misses (centered eight schools: k-hat 0.57,
       a mean 0.26 sd off after PSIS), which 0.7 (`max_k_hat=0.7`, "usable")
       would let pass.
-    dadvi_draws: DADVI's first number of fixed draws (raised to what the
-      family needs: dim + 1 for full-rank). Doubled, and the fits re-solved
-      from their optimum, while the fits pass k-hat but disagree.
+    dadvi_draws: DADVI's first number of fixed draws (raised to 8 times
+      what the family needs, at most `max_dadvi_draws`: 8 dim for
+      full-rank). Multiplied by 4 once, and the
+      fits re-solved from their optimum, when they pass k-hat but disagree.
     max_dadvi_draws: the most fixed draws DADVI grows to.
     max_iterations: L-BFGS iterations per DADVI solve.
-    max_grad_evals: cap on one stochastic (flow) fit's target-gradient
-      evaluations.
+    max_grad_evals: one flow fit's budget of target-gradient evaluations
+      (Adam steps x 8 draws per step; 16,000 is 2,000 steps).
     dtype: floating dtype of the fit (default: JAX's default float).
     verbose: print each stage's record as it finishes.
 
@@ -220,7 +220,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
   Raises:
     TypeError / ValueError (before compilation): a bad `key`, `event_shape`,
       `bijector`, target (fails or is not scalar on one draw), `families`,
-      `num_restarts < 2`, `num_draws < 100`, `max_grad_evals < 1`.
+      `num_restarts < 2`, `num_draws < 100`, `max_grad_evals < 8`.
 
   Warns:
     UserWarning when no family passes: the families tried, their k-hats, what
@@ -234,7 +234,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       dadvi_draws=vv.integer("dadvi_draws", dadvi_draws, minimum=2),
       max_dadvi_draws=vv.integer("max_dadvi_draws", max_dadvi_draws, minimum=2),
       max_iterations=vv.positive_int("max_iterations", max_iterations),
-      max_grad_evals=max_grad_evals,
+      flow_steps=max_grad_evals // auto_stages.FLOW_SAMPLE_SIZE,
       dtype=None if dtype is None else jnp.dtype(dtype).name,
       max_k_hat=_check_max_k_hat(max_k_hat))
   start_key, ladder_key = jax.random.split(key)

@@ -40,7 +40,8 @@ from vi_jax import _validation as vv
 from vi_jax.losses import negative_elbo
 from vi_jax.target import check_target_on_draw
 
-__all__ = ["DADVIResult", "dadvi", "dadvi_linear_response_covariance"]
+__all__ = ["DADVIResult", "dadvi", "dadvi_linear_response_covariance",
+           "fixed_draw_solve", "min_fixed_draws"]
 
 # The sandwich estimate forms the P x P Hessian: only up to this many params
 # (full-rank up to ~60 latent dimensions, mean-field up to 1000).
@@ -135,6 +136,55 @@ def _draws_needed(surrogate, params, num_params) -> tuple[int, int]:
       p, jax.random.key(0), 1)[0], params)
   dim = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(z))
   return dim, max(2, math.ceil(2 * num_params / max(dim, 1)) - 2)
+
+
+def min_fixed_draws(surrogate, params) -> int:
+  """The fewest fixed draws for which `surrogate`'s DADVI objective is bounded.
+
+  Args:
+    surrogate: a `vi_jax.surrogates.Surrogate`.
+    params: its params (arrays or `jax.ShapeDtypeStruct`s), one fit.
+
+  Returns:
+    A Python int: dim + 1 for full-rank, rank + 2 for low-rank, 2 for
+    mean-field (2 p - 2 for p params per latent dimension).
+  """
+  num_params = sum(int(np.prod(x.shape))
+                   for x in jax.tree_util.tree_leaves(params))
+  return _draws_needed(surrogate, params, num_params)[1]
+
+
+def fixed_draw_solve(target_log_prob_fn: TargetLogProbFn, surrogate,
+                     params: Params, key: PRNGKey, *, num_draws: int,
+                     max_iterations: int = 500, gtol: float = 1e-6,
+                     ftol: Optional[float] = None) -> tuple[Params, Array]:
+  """One DADVI solve at `num_draws` fixed draws, traceable (jit, vmap).
+
+  The solver of `dadvi` (L-BFGS on the -ELBO at the fixed draws of `key`,
+  one `lax.while_loop`) without its host-side checks and growing of the
+  draws, for use inside a caller's compiled program.
+
+  Args:
+    target_log_prob_fn: as for `dadvi`.
+    surrogate: a `vi_jax.surrogates.Surrogate`.
+    params: the starting params.
+    key: the PRNG key of the fixed draws.
+    num_draws: Python int, fixed draws (>= `min_fixed_draws`; not checked).
+    max_iterations: Python int, L-BFGS iterations at most.
+    gtol: gradient sup-norm below which it stops.
+    ftol: relative decrease below which it stops (default: scipy's, or the
+      dtype's eps when larger).
+
+  Returns:
+    `(params, num_grad_evals)`: the solution and the target-gradient
+    evaluations (objective evaluations x `num_draws`), an int32 scalar.
+  """
+  if ftol is None:
+    eps = float(jnp.finfo(jax.tree_util.tree_leaves(params)[0].dtype).eps)
+    ftol = max(eps, _SCIPY_FTOL)
+  out = _lbfgs_solve(target_log_prob_fn, surrogate, num_draws, max_iterations,
+                     gtol, ftol, params, key)
+  return out.params, num_draws * out.num_objective_evals
 
 
 def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,

@@ -53,7 +53,7 @@ class StageRecord(NamedTuple):
     family: "pathfinder" (the start), "mean_field", "full_rank", "low_rank"
       or "flow".
     method: how it was fitted ("Pathfinder, L-BFGS", "DADVI, L-BFGS",
-      "adaptive SGD, R-hat stop").
+      "Adam, warmup-cosine").
     k_hat: PSIS k-hat of the stage's best fit (nan when not computed).
     k_hat_threshold: the threshold it was held to.
     elbo: ELBO estimate of the best fit, `mean(log p - log q)` (nats).
