@@ -74,17 +74,11 @@ def test_sample_shapes_support_and_export(gaussian_fit):
   assert float(idata.posterior["s"].min()) > 0
 
 
-def test_each_stage_compiles_once(gaussian_fit):
+def test_each_stage_compiles_once(gaussian_fit, count_compiles):
   """A second call with the same target reuses every compiled program."""
-  compiles = []
-  listener = lambda name, *_, **__: compiles.append(name) if (
-      name == "/jax/core/compile/backend_compile_duration") else None
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with count_compiles() as compiles:
     r = vi.auto_fit(_gaussian_target, EVENT_SHAPE, BIJECTOR,
                     key=jax.random.key(0), **GAUSSIAN_SETTINGS)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert r.family == gaussian_fit.family
   assert not compiles, f"{len(compiles)} programs compiled on the second call"
 

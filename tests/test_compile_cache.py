@@ -1,7 +1,5 @@
 """The compile cache: a second identical top-level vi.fit compiles nothing."""
 
-import contextlib
-
 import distrax
 import jax
 import jax.numpy as jnp
@@ -10,31 +8,11 @@ import optax
 
 import vi_jax as vi
 
-_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def count_compiles():
-  """Counts XLA backend compilations (jax.monitoring) inside the block."""
-  events = []
-
-  def listener(event, duration_secs, **kwargs):
-    del duration_secs, kwargs
-    if event == _BACKEND_COMPILE:
-      events.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def log_prob(z):  # Normal-Normal: posterior N(2.5, 1/2) for x = 5
   return distrax.Normal(0., 1.).log_prob(z) + distrax.Normal(z, 1.).log_prob(5.)
 
 
-def test_second_identical_fit_compiles_nothing():
+def test_second_identical_fit_compiles_nothing(count_compiles):
   s = vi.surrogates.mean_field_normal(())
   opt = optax.adam(0.05)
   kwargs = dict(key=jax.random.key(0), sample_size=8, progress_bar=False)
@@ -53,7 +31,7 @@ def test_second_identical_fit_compiles_nothing():
   assert len(compiles) == 0
 
 
-def test_what_invalidates_the_cache_compiles_again():
+def test_what_invalidates_the_cache_compiles_again(count_compiles):
   s = vi.surrogates.mean_field_normal(())
   opt = optax.adam(0.05)
   vi.fit(log_prob, s, opt, 50, key=jax.random.key(0), progress_bar=False)

@@ -1,6 +1,5 @@
 """Tests of vi_jax.dadvi against closed forms of the fixed-draw problem."""
 
-import contextlib
 import importlib
 
 import chex
@@ -206,27 +205,11 @@ def test_bad_target_and_surrogate():
              key=jax.random.key(0))
 
 
-@contextlib.contextmanager
-def _count_compiles():
-  events = []
-
-  def listener(name, *args, **kwargs):
-    del args, kwargs
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def test_compiles_once_when_called_twice():
+def test_compiles_once_when_called_twice(count_compiles):
   q = Q_MF
   key = jax.random.key(8)
   first = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16, **FIXED)
-  with _count_compiles() as compiles:
+  with count_compiles() as compiles:
     second = vi.dadvi(gaussian_log_prob, q, key=key, num_draws=16,
                       **FIXED)
   assert not compiles

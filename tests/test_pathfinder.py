@@ -110,23 +110,12 @@ def test_best_elbo_gaussian_matches_blackjax_and_closed_form():
   assert np.all(log_z - 0.3 < ours.elbo) and np.all(ours.elbo < log_z + 0.2)
 
 
-def _count_compiles(fn):
-  events = []
-  listener = lambda name, *_, **__: events.append(name) if name == (
-      "/jax/core/compile/backend_compile_duration") else None
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    out = fn()
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return out, len(events)
-
-
-def test_pooled_draws_k_hat_and_one_compile_for_two_calls():
+def test_pooled_draws_k_hat_and_one_compile_for_two_calls(count_compiles):
   run = lambda seed: vi.pathfinder(gaussian, (3,), key=jax.random.key(seed))
   first = run(0)
-  second, compiles = _count_compiles(lambda: run(1))
-  assert compiles == 0
+  with count_compiles() as compiles:
+    second = run(1)
+  assert not compiles
   for r in (first, second):
     chex.assert_shape([r.loc, r.scale_tril, r.elbo, r.draws, r.k_hat],
                       [(3,), (3, 3), (4,), (1000, 3), ()])

@@ -11,7 +11,6 @@ import pytest
 
 import vi_jax as vi
 from vi_jax import _validation
-from test_compile_cache import count_compiles
 
 
 def log_prob(z):  # Normal-Normal: posterior N(2.5, 1/2) for x = 5
@@ -49,7 +48,7 @@ def test_non_integer_sample_size_is_a_type_error_everywhere():
 
 
 @pytest.mark.parametrize("trace_fn", [3, "", "loss"])
-def test_bad_trace_fn_is_rejected_before_compiling(trace_fn):
+def test_bad_trace_fn_is_rejected_before_compiling(trace_fn, count_compiles):
   s = vi.surrogates.mean_field_normal(())
   with count_compiles() as compiles:
     with pytest.raises(TypeError, match="trace_fn"):
@@ -67,7 +66,7 @@ def test_bad_loss_is_rejected():
 
 @pytest.mark.parametrize("wrap", [lambda v: {"a": v}, lambda v: [v],
                                   lambda v: (v,), lambda v: jnp.int32(1)])
-def test_target_must_return_one_float_scalar(wrap):
+def test_target_must_return_one_float_scalar(wrap, count_compiles):
   s = vi.surrogates.mean_field_normal(())
   with count_compiles() as compiles:
     with pytest.raises(ValueError, match="must return a scalar"):
@@ -76,7 +75,7 @@ def test_target_must_return_one_float_scalar(wrap):
   assert not compiles
 
 
-def test_bad_init_params_are_rejected_before_compiling():
+def test_bad_init_params_are_rejected_before_compiling(count_compiles):
   mf = vi.surrogates.mean_field_normal((2,))
   fr = vi.surrogates.full_rank_normal((2,))
   target = lambda z: -0.5 * jnp.sum(z**2)
