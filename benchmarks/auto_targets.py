@@ -66,11 +66,7 @@ class AutoTarget(NamedTuple):
   reference: str  # where ref_mean / ref_std come from
 
 
-def _canonical(tree):
-  """Mappings (OrderedDict, ...) as plain dicts, so leaves sort by key."""
-  if isinstance(tree, dict):
-    return {k: _canonical(v) for k, v in tree.items()}
-  return tree
+_canonical = common._canonical  # pylint: disable=protected-access
 
 
 def _flat(tree, batched: bool) -> np.ndarray:
