@@ -57,11 +57,26 @@ def _random_bits(key_data, bit_width, shape):
   bits1, bits2 = _threefry2x32(key_data[0], key_data[1],
                                jnp.zeros(shape, jnp.uint32), lo)
   if bit_width == 64:
-    return (bits1.astype(jnp.uint64) << np.uint64(32)) | bits2.astype(
-        jnp.uint64)
+    return _computed_once((bits1.astype(jnp.uint64) << np.uint64(32))
+                          | bits2.astype(jnp.uint64))
   if bit_width == 32:
-    return bits1 ^ bits2
-  return (bits1 ^ bits2).astype({8: jnp.uint8, 16: jnp.uint16}[bit_width])
+    return _computed_once(bits1 ^ bits2)
+  return _computed_once(
+      (bits1 ^ bits2).astype({8: jnp.uint8, 16: jnp.uint16}[bit_width]))
+
+
+def _computed_once(bits):
+  """`bits` unchanged, computed once (see `vi_jax.target.materialize`).
+
+  XLA:CPU fuses the hash into every fusion that reads its output (the normal
+  sampler's two erf-inverse branches, the check of the draws): each would
+  recompute the 20 rounds. A conditional's operands are materialized; the two
+  branches return the same words (reversed twice or not at all), so the
+  predicate only has to be opaque to XLA.
+  """
+  flat = bits.ravel()
+  return jax.lax.cond(flat[0] > flat[-1], lambda b: b,
+                      lambda b: jnp.flip(jnp.flip(b)), bits)
 
 
 _UNROLLED = jex_random.define_prng_impl(
