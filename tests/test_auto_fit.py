@@ -52,7 +52,10 @@ def test_correlated_gaussian_is_recovered_and_reliable(gaussian_fit):
   assert r.family in ("mean_field", "full_rank", "flow")
   assert r.history[0].family == "pathfinder" and r.history[-1].passed
   assert r.num_grad_evals == sum(h.num_grad_evals for h in r.history)
-  z = r.sample(jax.random.key(1), 4000)
+  _assert_closed_form(r.sample(jax.random.key(1), 4000))
+
+
+def _assert_closed_form(z):
   x, log_s = np.asarray(z["x"]), np.log(np.asarray(z["s"]))
   # Closed form: mean within 0.1 sd, sds within 10%, correlation within 0.05.
   np.testing.assert_array_less(np.abs(x.mean(0) - MEAN) / SD, 0.1)
@@ -81,6 +84,30 @@ def test_each_stage_compiles_once(gaussian_fit, count_compiles):
                     key=jax.random.key(0), **GAUSSIAN_SETTINGS)
   assert r.family == gaussian_fit.family
   assert not compiles, f"{len(compiles)} programs compiled on the second call"
+
+
+def _correlated_gaussian(x):
+  dtype = jnp.result_type(x)
+  return tfd.MultivariateNormalTriL(
+      jnp.asarray(MEAN, dtype),
+      jnp.asarray(np.linalg.cholesky(COV), dtype)).log_prob(x)
+
+
+def test_gaussian_posterior_stops_at_laplace():
+  """Default ladder on the correlated, badly scaled Gaussian alone: the
+  Laplace stage is exact, passes, and nothing else runs, at the cost of two
+  L-BFGS runs and two 2 x 2 Hessians."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    r = vi.auto_fit(_correlated_gaussian, (2,), key=jax.random.key(2),
+                    num_draws=2000)
+  assert [h.family for h in r.history] == ["laplace"]
+  assert r.family == "laplace" and r.reliable and r.k_hat < 0.5
+  assert r.num_grad_evals < 500
+  x = np.asarray(r.sample(jax.random.key(1), 4000))
+  np.testing.assert_array_less(np.abs(x.mean(0) - MEAN) / SD, 0.1)
+  np.testing.assert_allclose(x.std(0), SD, rtol=0.1)
+  assert abs(np.corrcoef(x.T)[0, 1] - 0.9) < 0.05
 
 
 def test_funnel_says_no_or_a_flow_passes():

@@ -1,4 +1,5 @@
-"""The stages of `vi.auto_fit`: the Pathfinder start and one family's fits.
+"""The stages of `vi.auto_fit`: the Laplace check, the Pathfinder start and
+one family's fits.
 
 A stage fits `num_restarts` independent copies of one whitened family
 (`vi.whitening.whiten` over Pathfinder's `loc`, `scale_tril`) and evaluates
@@ -38,8 +39,13 @@ FLOW_SAMPLE_SIZE = 8  # draws per Adam step of the flow
 GROWTH = 4  # DADVI's one growth of the fixed draws
 DRAWS_FACTOR = 8  # DADVI's first fixed draws: this times (M_min - 1)
 
-# The module, not the function `vi_jax.dadvi` that shadows it on the package.
+LAPLACE_MAX_DIM = 2000  # above: no Laplace stage (a dense [dim, dim] Hessian)
+_INIT_RADIUS = 2.  # the Laplace stage's starts: uniform(-2, 2) (Stan's init)
+
+# The modules, not the functions `vi_jax.dadvi`, `vi_jax.laplace` that shadow
+# them on the package.
 dadvi_lib = importlib.import_module("vi_jax.dadvi")
+laplace_lib = importlib.import_module("vi_jax.laplace")
 
 
 def _blocks():
@@ -194,20 +200,102 @@ def _frozen(tree, is_leaf) -> Optional[tuple]:
   return key
 
 
+def _program(target_log_prob_fn, event_shape, bijector, rung, *args):
+  if rung == "laplace":
+    return _laplace_program(target_log_prob_fn, event_shape, bijector, *args)
+  return _stage_program(target_log_prob_fn, event_shape, bijector, rung,
+                        *args)
+
+
 def _cached_program(target_log_prob_fn, event_shape, bijector, *args):
-  """`_stage_program`, reused across calls with the same target and settings."""
+  """A stage's program (`_program`), reused across calls with the same
+  target and settings."""
   parts = (_frozen(event_shape, bij_lib.is_shape),
            _frozen(bijector, lambda b: b is None or bij_lib.is_bijector(b)))
   if any(p is None for p in parts):
-    return _stage_program(target_log_prob_fn, event_shape, bijector, *args)
+    return _program(target_log_prob_fn, event_shape, bijector, *args)
   cache_key = (target_log_prob_fn, parts, args)
   if cache_key not in _PROGRAMS:
-    _PROGRAMS[cache_key] = _stage_program(target_log_prob_fn, event_shape,
-                                          bijector, *args)
+    _PROGRAMS[cache_key] = _program(target_log_prob_fn, event_shape, bijector,
+                                    *args)
     if len(_PROGRAMS) > _MAX_PROGRAMS:
       _PROGRAMS.popitem(last=False)
   _PROGRAMS.move_to_end(cache_key)
   return _PROGRAMS[cache_key]
+
+
+def _laplace_program(target_log_prob_fn, event_shape, bijector,
+                     config: Config):
+  """The jitted `(starts [R, dim], eval_key) -> (_StageOut, converged [R])`:
+  R Laplace approximations (MAP by L-BFGS from each start, Hessian there)
+  and their evaluation, vmapped in one program."""
+  space = bij_lib.latent_space(event_shape, bijector)
+  log_p = target_log_prob_batched(target_log_prob_fn)
+  surrogate = full_rank.full_rank_normal(event_shape, bijector,
+                                         dtype=config.dtype)
+
+  def run(starts, eval_key):
+    def one(x0):
+      loc, scale_tril, converged, evals = laplace_lib.map_and_hessian(
+          target_log_prob_fn, space, config.max_iterations, x0)
+      params = full_rank.full_rank_params(loc, scale_tril)
+      elbo, k_hat, mean, sd = _evaluate(log_p, space, surrogate,
+                                        config.num_draws, params, eval_key)
+      return params, elbo, k_hat, evals, mean, sd, converged
+
+    params, elbo, k_hat, evals, mean, sd, converged = jax.vmap(one)(starts)
+    return _StageOut(params, elbo, k_hat, evals,
+                     *verdict.agreement(mean, sd)), converged
+
+  return jax.jit(run)
+
+
+def laplace_stage(target_log_prob_fn, event_shape, bijector, config, key,
+                  num_restarts):
+  """Stage 0: Laplace approximations at the MAP from `num_restarts` starts.
+
+  Cheap where the posterior is close to Gaussian (a MAP by L-BFGS and one
+  Hessian, `dim` gradient evaluations), and exact on a Gaussian target however
+  badly scaled; judged like every family (PSIS k-hat, agreement of the fits:
+  different modes disagree). Returns `(record, surrogate, params)`: a
+  `full_rank_normal` over the latents.
+  """
+  t0 = time.perf_counter()
+  space = bij_lib.latent_space(event_shape, bijector)
+  dtype = jnp.dtype(config.dtype) if config.dtype else jnp.zeros(()).dtype
+  start_key, eval_key = jax.random.split(key)
+  starts = jax.random.uniform(start_key, (num_restarts, space.dim), dtype,
+                              -_INIT_RADIUS, _INIT_RADIUS)
+  program = _cached_program(target_log_prob_fn, event_shape, bijector,
+                            "laplace", config)
+  out, converged = program(starts, eval_key)
+  elbo, k_hats, n, mean_gap, sd_gap, converged = jax.device_get(
+      (out.elbo, out.k_hat, out.num_grad_evals, out.mean_gap, out.sd_gap,
+       converged))
+  best = _best(elbo)
+  threshold = min(config.max_k_hat,
+                  diagnostics.pareto_k_threshold(config.num_draws))
+  passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
+                                       float(mean_gap), float(sd_gap))
+  if not converged[best]:
+    note += " [no regular mode: L-BFGS did not settle or the Hessian is " \
+            "not negative definite]"
+  record = StageRecord(
+      family="laplace", method="Laplace, L-BFGS + Hessian",
+      k_hat=float(k_hats[best]), k_hat_threshold=threshold,
+      elbo=float(elbo[best]), mean_gap=float(mean_gap), sd_gap=float(sd_gap),
+      num_grad_evals=int(n.sum()), wall_time=time.perf_counter() - t0,
+      passed=passed, note=note)
+  surrogate = full_rank.full_rank_normal(event_shape, bijector,
+                                         dtype=config.dtype)
+  return record, surrogate, jax.tree_util.tree_map(lambda x: x[best],
+                                                   out.params)
+
+
+def _best(elbo) -> int:
+  """Index of the highest finite ELBO (0 when none is finite)."""
+  return max(range(len(elbo)), key=lambda i: elbo[i] if math.isfinite(
+      elbo[i]) else -math.inf)
 
 
 def start(target_log_prob_fn, event_shape, bijector, key, dtype):
@@ -270,8 +358,7 @@ def run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
     elbo, k_hats, n, mean_gap, sd_gap = jax.device_get(
         (out.elbo, out.k_hat, out.num_grad_evals, out.mean_gap, out.sd_gap))
     params, evals = out.params, evals + int(n.sum())
-    best = max(range(num_restarts), key=lambda i: elbo[i] if math.isfinite(
-        elbo[i]) else -math.inf)
+    best = _best(elbo)
     passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
                                          float(mean_gap), float(sd_gap))
     # More fixed draws help only fits that pass k-hat but disagree.
