@@ -1,7 +1,12 @@
 """Cost to accuracy: target-gradient evaluations until the fit is right.
 
     python -m benchmarks.auto_accuracy [--targets eight_schools,banana] [--quick]
-        [--standin] [--no-write]
+        [--standin] [--no-write] [--methods auto_fit,pathfinder,stochastic,nuts]
+        [--json rows.json]
+    python -m benchmarks.auto_accuracy --merge peers.json,auto.json
+
+`--methods` runs a subset (rows to `--json`); `--merge` writes the table of
+several such runs (e.g. the peers and vi_jax run on two cores at once).
 
 "Right" (issue 12's acceptance): from 4000 draws of the fitted posterior,
 pushed into the latents' support (`benchmarks.auto_targets`), every mean is
@@ -337,14 +342,22 @@ def run_auto_fit(target, standin: bool) -> Row:
 # ---- driver ----
 
 
-def measure_target(name, config, standin=False) -> list:
-  """Every method's row on target `name`; prints each as it is done."""
+METHODS = ("auto_fit", "pathfinder", "stochastic", "nuts")
+
+
+def measure_target(name, config, standin=False, methods=METHODS) -> list:
+  """The rows of `methods` on target `name`; prints each as it is done."""
   target = auto_targets.get(name)
-  runs = [lambda: [run_auto_fit(target, standin)],
-          lambda: run_pathfinder(target, config)]
-  runs += [lambda lib=lib, fam=fam: [run_stochastic(target, lib, fam, config)]
-           for lib in ("blackjax", "numpyro") for fam in peers.FAMILIES]
-  runs.append(lambda: [run_nuts(target, config)])
+  runs = []
+  if "auto_fit" in methods:
+    runs.append(lambda: [run_auto_fit(target, standin)])
+  if "pathfinder" in methods:
+    runs.append(lambda: run_pathfinder(target, config))
+  if "stochastic" in methods:
+    runs += [lambda lib=lib, fam=fam: [run_stochastic(target, lib, fam, config)]
+             for lib in ("blackjax", "numpyro") for fam in peers.FAMILIES]
+  if "nuts" in methods:
+    runs.append(lambda: [run_nuts(target, config)])
   rows = []
   for run in runs:
     t0 = time.perf_counter()
@@ -362,8 +375,9 @@ def _in_subprocess(name, args) -> list:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "rows.json")
     cmd = [sys.executable, "-m", "benchmarks.auto_accuracy", "--targets", name,
-           "--json", out] + (["--quick"] if args.quick else []) + (
-               ["--standin"] if args.standin else [])
+           "--json", out, "--methods", args.methods] + (
+               ["--quick"] if args.quick else []) + (
+                   ["--standin"] if args.standin else [])
     env = dict(os.environ, JAX_ENABLE_X64="1")
     subprocess.run(cmd, check=True, env=env)
     with open(out) as f:
@@ -415,8 +429,14 @@ def main(argv=None):
   parser.add_argument("--standin", action="store_true",
                       help="vi.fit full-rank in place of a missing vi.auto_fit")
   parser.add_argument("--no-write", action="store_true")
-  parser.add_argument("--json", help=argparse.SUPPRESS)  # subprocess output
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"comma-separated subset of {METHODS}")
+  parser.add_argument("--json", help="write the rows here (not RESULTS.md)")
+  parser.add_argument("--merge", help="comma-separated --json files: write "
+                      "their rows to RESULTS.md, run nothing")
   args = parser.parse_args(argv)
+  if args.merge:
+    return _merge(args.merge.split(","), args.no_write)
   config = QUICK if args.quick else Config()
   names = (args.targets.split(",") if args.targets else
            list(QUICK_TARGETS) if args.quick else
@@ -427,7 +447,8 @@ def main(argv=None):
     if name in auto_targets.X64_TARGETS and not jax.config.jax_enable_x64:
       new = _in_subprocess(name, args)
     else:
-      new = measure_target(name, config, args.standin)
+      new = measure_target(name, config, args.standin,
+                           args.methods.split(","))
     rows += new
     print(table(new), f"\n{name}: {time.perf_counter() - t0:.1f} s\n",
           flush=True)
@@ -435,16 +456,43 @@ def main(argv=None):
     with open(args.json, "w") as f:
       json.dump([list(r) for r in rows], f)
     return rows
-  text = (f"{SECTION}\n\n`python -m benchmarks.auto_accuracy"
-          f"{' --quick' if args.quick else ''}"
-          f"{' --standin' if args.standin else ''}` "
-          f"({time.perf_counter() - start:.0f} s in all). Accuracy: from "
+  command = (f"python -m benchmarks.auto_accuracy"
+             f"{' --quick' if args.quick else ''}"
+             f"{' --standin' if args.standin else ''}")
+  return _write(rows, f"`{command}` ({time.perf_counter() - start:.0f} s in "
+                "all)", args.no_write)
+
+
+def _merge(paths, no_write) -> list:
+  """Rows of several `--json` runs, ordered by target and method."""
+  rows = []
+  for path in paths:
+    with open(path) as f:
+      rows += [Row(*r) for r in json.load(f)]
+  titles = list(dict.fromkeys(r.target for r in rows))  # first appearance
+  order = {"vi_jax": 0, "Blackjax pathfinder": 1, "Blackjax multi": 2,
+           "Blackjax": 3, "NumPyro AutoNormal": 4, "NumPyro Auto": 5,
+           "NumPyro NUTS": 6}
+
+  def rank(r):
+    t = titles.index(r.target)
+    m = min((v for k, v in order.items() if r.method.startswith(k)),
+            default=len(order))
+    return (t, m, r.method)
+
+  rows.sort(key=rank)
+  return _write(rows, "`python -m benchmarks.auto_accuracy --methods ... "
+                "--json ...` runs merged by `--merge`", no_write)
+
+
+def _write(rows, how: str, no_write: bool) -> list:
+  text = (f"{SECTION}\n\n{how}. Accuracy: from "
           f"{NUM_DRAWS} draws, every mean within {MEAN_TOL} reference sd and "
           f"every sd within {SD_TOL:.0%}; see the module docstring for what "
           f"each method ran and how its cost is counted.\n\n"
           f"{common.machine_description()}\n{table(rows)}\n\n{summary(rows)}\n")
   print(summary(rows))
-  if not args.no_write:
+  if not no_write:
     write_section(text)
   return rows
 

@@ -18,7 +18,7 @@ structure and shapes (`{"loc", "raw_scale"}` for mean-field, `{"loc",
 "raw_scale_tril"}` for full-rank); it computes no loss value. "bare kernel
 (dim)" updates one `[dim]` vector only, and "bare kernel + loss" also computes
 and traces the loss value (`vmap(value_and_grad(log p))`), both shown at S = 16
-for mean-field. Peers run at S = 16 only unless --peers-at-all-sizes.
+for mean-field. Peers run at S = 1 and 16 only unless --peers-at-all-sizes.
 Full-rank is skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
 
@@ -55,7 +55,7 @@ def measure_target(target, sample_sizes, repeats, quick=False,
   rows = []
   for s in sample_sizes:
     steps = _steps(target, s, quick)
-    libraries = (peers.LIBRARIES if s == 16 or peers_at_all_sizes else
+    libraries = (peers.LIBRARIES if s in (1, 16) or peers_at_all_sizes else
                  ("vi_jax",))
     fns = {}
     for family in families:

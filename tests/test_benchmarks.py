@@ -18,7 +18,15 @@ def _finite(x):
 
 
 def test_run_all_quick_every_method_finite(tmp_path):
+  # A section another benchmark wrote survives the regeneration; a stale
+  # one of run_all's own is replaced.
+  (tmp_path / "RESULTS.md").write_text(
+      "# old\n\n## Step cost\n\nstale\n\n"
+      "## Automatic VI: cost to accuracy\n\nkept table\n")
   out = run_all.main(["--quick", "--out", str(tmp_path)])
+  text = (tmp_path / "RESULTS.md").read_text()
+  assert "kept table" in text and "stale" not in text
+  assert text.count("## Step cost") == 1
 
   step = out["step_cost"]
   methods = {(r["method"], r["family"]) for r in step}

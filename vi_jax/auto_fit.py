@@ -12,10 +12,10 @@ Stages:
    hundred gradient evaluations and is exact on a Gaussian target however
    badly scaled, so near-Gaussian posteriors (regressions) stop here. Skipped
    above 2,000 unconstrained dims (a dense Hessian).
-1. **Start** (`vi.pathfinder`, Zhang et al. 2022): L-BFGS paths from jittered
-   starts; the best-ELBO Gaussian along them gives `loc` and `scale_tril` of
-   the unconstrained posterior. No finite mode is needed (a funnel has none:
-   the best-ELBO iterate is used).
+1. **Start**: the Laplace fit's `loc` and `scale_tril` when it is usable
+   (k-hat < 0.7), else `vi.pathfinder` (Zhang et al. 2022): L-BFGS paths
+   from jittered starts; the best-ELBO Gaussian along them. No finite mode is
+   needed (a funnel's is degenerate: the best-ELBO iterate is used).
 2. **Family ladder in whitened coordinates** (`vi.whitening.whiten`: every
    family is fitted over u with `z_unc = loc + scale_tril @ u`, so the
    optimizer sees a problem scaled close to N(0, I)): mean-field, then
@@ -57,6 +57,7 @@ from vi_jax import _validation as vv
 from vi_jax.losses import target_log_prob_batched
 from vi_jax.surrogates import Surrogate
 from vi_jax.surrogates import mean_field
+from vi_jax.surrogates.full_rank import full_rank_scale_tril
 from vi_jax.surrogates.base import check_sample_size
 from vi_jax.target import check_target_on_draw
 from vi_jax.verdict import StageRecord
@@ -195,10 +196,13 @@ def _run_ladder(target_log_prob_fn, event_shape, bijector, families, config,
   rungs = auto_stages.ladder([f for f in families if f != "laplace"], dim)
   if not rungs:
     return stages
-  loc, scale_tril, start = auto_stages.start(target_log_prob_fn, event_shape,
-                                             bijector, start_key,
-                                             config.dtype)
-  add((start, None, None))
+  if stages and stages[0][0].k_hat < auto_stages.WHITEN_BY_LAPLACE_K_HAT:
+    params = stages[0][2]  # close enough to whiten the ladder by
+    loc, scale_tril = params["loc"], full_rank_scale_tril(params)
+  else:
+    loc, scale_tril, start = auto_stages.start(
+        target_log_prob_fn, event_shape, bijector, start_key, config.dtype)
+    add((start, None, None))
   for rung, k in zip(rungs, jax.random.split(ladder_key, len(rungs))):
     if add(auto_stages.run_stage(target_log_prob_fn, event_shape, bijector,
                                  rung, config, loc, scale_tril, k,

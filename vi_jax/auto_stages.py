@@ -40,6 +40,10 @@ GROWTH = 4  # DADVI's one growth of the fixed draws
 DRAWS_FACTOR = 8  # DADVI's first fixed draws: this times (M_min - 1)
 
 LAPLACE_MAX_DIM = 2000  # above: no Laplace stage (a dense [dim, dim] Hessian)
+LAPLACE_MAX_ITERATIONS = 1000  # L-BFGS iterations to the MAP (vi.laplace's)
+# A Laplace fit that fails but has k-hat below this whitens the ladder in
+# place of Pathfinder's start (Yao et al.'s "usable": q covers p's bulk).
+WHITEN_BY_LAPLACE_K_HAT = 0.7
 _INIT_RADIUS = 2.  # the Laplace stage's starts: uniform(-2, 2) (Stan's init)
 
 # The modules, not the functions `vi_jax.dadvi`, `vi_jax.laplace` that shadow
@@ -237,7 +241,7 @@ def _laplace_program(target_log_prob_fn, event_shape, bijector,
   def run(starts, eval_key):
     def one(x0):
       loc, scale_tril, converged, evals = laplace_lib.map_and_hessian(
-          target_log_prob_fn, space, config.max_iterations, x0)
+          target_log_prob_fn, space, LAPLACE_MAX_ITERATIONS, x0)
       params = full_rank.full_rank_params(loc, scale_tril)
       elbo, k_hat, mean, sd = _evaluate(log_p, space, surrogate,
                                         config.num_draws, params, eval_key)
@@ -264,8 +268,10 @@ def laplace_stage(target_log_prob_fn, event_shape, bijector, config, key,
   space = bij_lib.latent_space(event_shape, bijector)
   dtype = jnp.dtype(config.dtype) if config.dtype else jnp.zeros(()).dtype
   start_key, eval_key = jax.random.split(key)
+  # The first start is the origin of the unconstrained space, the others
+  # are jittered around it (Stan's and NumPyro's uniform(-2, 2) init).
   starts = jax.random.uniform(start_key, (num_restarts, space.dim), dtype,
-                              -_INIT_RADIUS, _INIT_RADIUS)
+                              -_INIT_RADIUS, _INIT_RADIUS).at[0].set(0.)
   program = _cached_program(target_log_prob_fn, event_shape, bijector,
                             "laplace", config)
   out, converged = program(starts, eval_key)

@@ -4,14 +4,18 @@
 # One call chooses the start, the scaling, the optimizer's step size and
 # stopping, and the family, and then says whether to trust the result:
 #
-# 1. **Pathfinder** (Zhang et al. 2022) finds a Gaussian guess `N(loc, L Lᵀ)`
-#    of the unconstrained posterior along L-BFGS paths;
+# 0. a **Laplace** approximation at the MAP (L-BFGS, then the Hessian) is
+#    judged first: near-Gaussian posteriors stop there for a few hundred
+#    gradient evaluations;
+# 1. otherwise the Laplace fit (when usable, k-hat < 0.7) or **Pathfinder**
+#    (Zhang et al. 2022, a Gaussian guess `N(loc, L Lᵀ)` of the unconstrained
+#    posterior along L-BFGS paths) gives the scaling;
 # 2. each family of the ladder (mean-field → full-rank → RealNVP flow) is fitted
 #    in **whitened** coordinates `u` with `z = T(loc + L u)`: Gaussians by
 #    **DADVI** (fixed draws, L-BFGS: no learning rate), the flow by Adam at a
 #    fixed budget (a warmup-cosine schedule: whitening makes one schedule serve
 #    every target);
-# 3. a stage **passes** when the PSIS k-hat of its fit is below 0.7 *and* two
+# 3. a stage **passes** when the PSIS k-hat of its fit is below 0.5 *and* two
 #    independent fits (different keys, one compile) agree on the PSIS-corrected
 #    means (0.1 sd) and sds (10%); the ladder stops at the first family that
 #    passes;
@@ -37,14 +41,14 @@ import vi_jax as vi
 FAST = os.environ.get("VI_JAX_NOTEBOOK_FAST") == "1"
 # Reduced (CI) mode: fewer draws for the verdicts, a smaller budget for the
 # flow, and shorter ladders (each family is one compile): eight schools goes
-# straight to the flow, the regression stops at full-rank, the funnel skips
-# full-rank. The full mode runs auto_fit's default ladder.
+# straight to the flow, the regression tries Laplace then full-rank, the funnel
+# skips Laplace and full-rank. The full mode runs auto_fit's default ladder.
 SETTINGS = (dict(num_draws=1000, max_grad_evals=8_000) if FAST else
             dict(num_draws=4000))
-LADDERS = (dict(schools=("flow",), bc=("full_rank",),
+LADDERS = (dict(schools=("flow",), bc=("laplace", "full_rank"),
                 funnel=("mean_field", "flow")) if FAST else
            dict.fromkeys(("schools", "bc", "funnel"),
-                         ("mean_field", "full_rank", "flow")))  # the default
+                         ("laplace", "mean_field", "full_rank", "flow")))
 
 
 def accuracy(draws, transform, mean_ref, sd_ref):
@@ -161,7 +165,7 @@ print(idata.posterior)
 # ## Check
 
 # %%
-assert r_schools.history[0].family == "pathfinder"
+assert r_schools.history[0].family in ("laplace", "pathfinder")
 assert r_schools.num_grad_evals == sum(h.num_grad_evals for h in r_schools.history)
 if r_schools.reliable:  # a reliable verdict must be right
   assert err_s < 0.1 and 0.9 < lo_s and hi_s < 1.1, (err_s, lo_s, hi_s)
@@ -169,7 +173,8 @@ else:
   assert any("vi.auto_fit" in str(w.message) for w in schools_warnings)
 if r_bc.reliable:
   assert err_bc < 0.15 and 0.85 < ratio_bc.min() and ratio_bc.max() < 1.15
-assert not r_funnel.history[1].passed           # mean-field never fits a funnel
+assert not any(h.passed for h in r_funnel.history  # no Gaussian fits a funnel
+               if h.family in ("laplace", "mean_field", "full_rank"))
 if not r_funnel.reliable:
   assert "flow" in [h.family for h in r_funnel.history]
   assert any("non-centered" in str(w.message) for w in funnel_warnings)
