@@ -11,9 +11,10 @@ the references from long NUTS/Stan runs, so nothing is downloaded):
   * inference_gym's VectorizedStochasticVolatilitySP500Small (103 latents,
     S&P 500 returns).
 
-Methods: `vi.auto_fit` with its defaults (Pathfinder start, whitened family
-ladder, PSIS k-hat and agreement verdict; its flow budget, 16,000 gradient
-evaluations per flow fit, can be changed with `--flow-budget`), and plain Adam (cosine decay from
+Methods: `vi.auto_fit` with its defaults (Laplace check, Pathfinder start,
+whitened family ladder, PSIS k-hat and agreement verdict; its flow budget,
+16,000 gradient evaluations per flow fit, can be changed with
+`--flow-budget`), and plain Adam (cosine decay from
 0.05, S draws per step, N steps) with a mean-field and a full-rank Gaussian
 in the unconstrained space of the target's `default_event_space_bijector`.
 """
