@@ -406,6 +406,38 @@ def summary(rows) -> str:
   return "\n".join(lines)
 
 
+def comparison(rows) -> str:
+  """Per target: vi_jax's outcome against issue 12's acceptance and the
+  cheapest peer (NUTS excluded) that reached the accuracy."""
+  body = []
+  for target in dict.fromkeys(r.target for r in rows):
+    mine = [r for r in rows if r.target == target]
+    auto = next((r for r in mine if r.method.startswith("vi_jax")), None)
+    reached = [r for r in mine if r.reached and not r.method.startswith(
+        ("vi_jax", "NumPyro NUTS"))]
+    nuts = next((r for r in mine if r.method.startswith("NumPyro NUTS")), None)
+    best = min(reached, key=lambda r: r.grad_evals) if reached else None
+    if auto is None:
+      outcome = "not run"
+    elif auto.reached:
+      outcome = (f"accurate ({auto.grad_evals:,} evals; "
+                 f"{auto.note.split(', family')[0]})")
+      if best is not None:
+        outcome += (" fewer evals than every peer that reached it"
+                    if auto.grad_evals < best.grad_evals else
+                    f" MORE evals than {best.method}")
+    elif "reliable=False" in auto.note:
+      outcome = "says unreliable (" + auto.note.split(", family")[0] + ")"
+    else:
+      outcome = "**WRONG and called reliable**"
+    body.append((target, outcome,
+                 f"{best.method} ({best.grad_evals:,})" if best else "none",
+                 ("yes" if nuts.reached else "no") if nuts else "-"))
+  return common.markdown_table(
+      ("target", "vi_jax auto_fit", "cheapest peer that reached it",
+       "NUTS (4 x 1000 draws) reached it"), body)
+
+
 def write_section(text: str, path: str = RESULTS):
   """Replaces (or appends) the SECTION of RESULTS.md; keeps the rest."""
   with open(path) as f:
@@ -490,7 +522,8 @@ def _write(rows, how: str, no_write: bool) -> list:
           f"{NUM_DRAWS} draws, every mean within {MEAN_TOL} reference sd and "
           f"every sd within {SD_TOL:.0%}; see the module docstring for what "
           f"each method ran and how its cost is counted.\n\n"
-          f"{common.machine_description()}\n{table(rows)}\n\n{summary(rows)}\n")
+          f"{common.machine_description()}\n{table(rows)}\n\n{summary(rows)}"
+          f"\n\n{comparison(rows)}\n")
   print(summary(rows))
   if not no_write:
     write_section(text)
