@@ -513,8 +513,12 @@ def _merge(paths, no_write) -> list:
     return (t, m, r.method)
 
   rows.sort(key=rank)
-  return _write(rows, "`python -m benchmarks.auto_accuracy --methods ... "
-                "--json ...` runs merged by `--merge`", no_write)
+  return _write(
+      rows, "Two runs at once, each pinned to one core: `taskset -c 1 python "
+      "-m benchmarks.auto_accuracy --methods pathfinder,stochastic,nuts "
+      "--json peers.json` and `taskset -c 0 python -m "
+      "benchmarks.auto_accuracy --methods auto_fit --json auto.json`, "
+      f"merged by `--merge {','.join(paths)}`", no_write)
 
 
 def _write(rows, how: str, no_write: bool) -> list:
