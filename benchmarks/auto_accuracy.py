@@ -435,7 +435,7 @@ def comparison(rows) -> str:
                  ("yes" if nuts.reached else "no") if nuts else "-"))
   return common.markdown_table(
       ("target", "vi_jax auto_fit", "cheapest peer that reached it",
-       "NUTS (4 x 1000 draws) reached it"), body)
+       "NUTS (4 chains, <= 1000 draws each) reached it"), body)
 
 
 def write_section(text: str, path: str = RESULTS):
