@@ -82,11 +82,16 @@ NOTES = """\
      `vi_jax._rng` now materializes the bits (a conditional): eight schools
      S = 16 0.95x -> 0.55x the kernel, breast cancer 1.02x -> 0.97x (one
      process pinned to one core, methods interleaved).
-  Left: eight schools at S = 1 (a 1.5 us kernel step) costs 1.7-1.8x the
-  kernel against Blackjax's 1.45x. Its compiled loop body has 48 thunks
-  (Blackjax 33, the kernel 28); pinned to one core, removing the non-finite
-  guard or either `materialize` moves it by at most 7 %, so no single piece
-  is the cost: it is the number of small thunks.
+  6. The non-finite guard is what costs on tiny targets: pinned to one core,
+     `python -m benchmarks.step_ablation --target eight_schools
+     --sample-size 1` gives vi_jax 1.70x the kernel with the guard and 1.16-
+     1.21x without it (either `materialize` or the one-draw path: at most
+     8 %). Its accept-or-keep is now one conditional instead of a select per
+     leaf of the params and Adam's state: eight schools 1.70x -> 1.58x,
+     banana 1.56x -> 1.41x (Blackjax 1.43x, 1.45x). The tables above were
+     measured before that change. What is left of the guard's cost is its
+     finiteness reductions and counters, which split the loop body into
+     more small XLA:CPU kernels.
 - What is left is the loss value itself on data-heavy targets. The log
   density of a logistic likelihood needs `softplus(logits)` over every data
   row; its gradient needs only `sigmoid(logits)`, and without the value XLA
