@@ -275,33 +275,56 @@ def laplace_stage(target_log_prob_fn, event_shape, bijector, config, key,
   program = _cached_program(target_log_prob_fn, event_shape, bijector,
                             "laplace", config)
   out, converged = program(starts, eval_key)
-  elbo, k_hats, n, mean_gap, sd_gap, converged = jax.device_get(
-      (out.elbo, out.k_hat, out.num_grad_evals, out.mean_gap, out.sd_gap,
-       converged))
-  best = _best(elbo)
-  threshold = min(config.max_k_hat,
-                  diagnostics.pareto_k_threshold(config.num_draws))
-  passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
-                                       float(mean_gap), float(sd_gap))
-  if not converged[best]:
+  threshold = _threshold(config)
+  judged = _judge(out, threshold)
+  note = judged.note
+  if not bool(converged[judged.best]):
     note += " [no regular mode: L-BFGS did not settle or the Hessian is " \
             "not negative definite]"
-  record = StageRecord(
-      family="laplace", method="Laplace, L-BFGS + Hessian",
-      k_hat=float(k_hats[best]), k_hat_threshold=threshold,
-      elbo=float(elbo[best]), mean_gap=float(mean_gap), sd_gap=float(sd_gap),
-      num_grad_evals=int(n.sum()), wall_time=time.perf_counter() - t0,
-      passed=passed, note=note)
+  record = _record("laplace", "Laplace, L-BFGS + Hessian", judged, threshold,
+                   judged.num_grad_evals, t0, note)
   surrogate = full_rank.full_rank_normal(event_shape, bijector,
                                          dtype=config.dtype)
-  return record, surrogate, jax.tree_util.tree_map(lambda x: x[best],
-                                                   out.params)
+  return record, surrogate, jax.tree_util.tree_map(
+      lambda x: x[judged.best], out.params)
 
 
-def _best(elbo) -> int:
-  """Index of the highest finite ELBO (0 when none is finite)."""
-  return max(range(len(elbo)), key=lambda i: elbo[i] if math.isfinite(
+class _Judged(NamedTuple):
+  """A stage program's output on the host: its best fit and the verdict."""
+  best: int  # index of the highest finite ELBO (0 when none is finite)
+  k_hat: float  # of the best fit
+  elbo: float  # of the best fit
+  mean_gap: float
+  sd_gap: float
+  num_grad_evals: int  # of every fit
+  passed: bool
+  note: str
+
+
+def _threshold(config: Config) -> float:
+  return min(config.max_k_hat,
+             diagnostics.pareto_k_threshold(config.num_draws))
+
+
+def _judge(out: _StageOut, threshold: float) -> _Judged:
+  """One transfer of the scalars (params stay on the device) and the verdict."""
+  elbo, k_hats, n, mean_gap, sd_gap = jax.device_get(
+      (out.elbo, out.k_hat, out.num_grad_evals, out.mean_gap, out.sd_gap))
+  best = max(range(len(elbo)), key=lambda i: elbo[i] if math.isfinite(
       elbo[i]) else -math.inf)
+  passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
+                                       float(mean_gap), float(sd_gap))
+  return _Judged(best, float(k_hats[best]), float(elbo[best]), float(mean_gap),
+                 float(sd_gap), int(n.sum()), passed, note)
+
+
+def _record(family, method, judged: _Judged, threshold, num_grad_evals, t0,
+            note) -> StageRecord:
+  return StageRecord(
+      family=family, method=method, k_hat=judged.k_hat,
+      k_hat_threshold=threshold, elbo=judged.elbo, mean_gap=judged.mean_gap,
+      sd_gap=judged.sd_gap, num_grad_evals=num_grad_evals,
+      wall_time=time.perf_counter() - t0, passed=judged.passed, note=note)
 
 
 def start(target_log_prob_fn, event_shape, bijector, key, dtype):
@@ -354,32 +377,27 @@ def run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
   params = jax.vmap(surrogate.init)(jax.vmap(
       lambda k: jax.random.fold_in(k, 1))(fit_keys))
   m, evals, grown = _fixed_draws(rung, config, surrogate, params), 0, False
-  threshold = min(config.max_k_hat,
-                  diagnostics.pareto_k_threshold(config.num_draws))
+  threshold = _threshold(config)
   while True:
     program = _cached_program(target_log_prob_fn, event_shape, bijector, rung,
                               config, m)
     out = program(loc, scale_tril, params, fit_keys, eval_key)
-    # One transfer of the scalars; params stay on the device.
-    elbo, k_hats, n, mean_gap, sd_gap = jax.device_get(
-        (out.elbo, out.k_hat, out.num_grad_evals, out.mean_gap, out.sd_gap))
-    params, evals = out.params, evals + int(n.sum())
-    best = _best(elbo)
-    passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
-                                         float(mean_gap), float(sd_gap))
+    judged = _judge(out, threshold)
+    params, evals = out.params, evals + judged.num_grad_evals
     # More fixed draws help only fits that pass k-hat but disagree.
-    grow = (k_hats[best] < threshold and not (
-        mean_gap <= verdict.MEAN_TOL and sd_gap <= verdict.SD_TOL))
-    if passed or not grow or grown or not 0 < m < config.max_dadvi_draws:
+    grow = (judged.k_hat < threshold and not (
+        judged.mean_gap <= verdict.MEAN_TOL and
+        judged.sd_gap <= verdict.SD_TOL))
+    if (judged.passed or not grow or grown or
+        not 0 < m < config.max_dadvi_draws):
       break
     m, grown = min(GROWTH * m, config.max_dadvi_draws), True
   if rung.fitter == "dadvi":
-    note += f" [DADVI, {m} fixed draws]"
+    note = judged.note + f" [DADVI, {m} fixed draws]"
   else:
-    note += f" [{config.flow_steps} Adam steps x {FLOW_SAMPLE_SIZE} draws]"
-  record = StageRecord(
-      family=rung.family, method=rung.method, k_hat=float(k_hats[best]),
-      k_hat_threshold=threshold, elbo=float(elbo[best]),
-      mean_gap=float(mean_gap), sd_gap=float(sd_gap), num_grad_evals=evals,
-      wall_time=time.perf_counter() - t0, passed=passed, note=note)
-  return record, surrogate, jax.tree_util.tree_map(lambda x: x[best], params)
+    note = judged.note + (f" [{config.flow_steps} Adam steps x "
+                          f"{FLOW_SAMPLE_SIZE} draws]")
+  record = _record(rung.family, rung.method, judged, threshold, evals, t0,
+                   note)
+  return record, surrogate, jax.tree_util.tree_map(lambda x: x[judged.best],
+                                                   params)

@@ -108,9 +108,22 @@ def _covariance_factor(precision):
 
 
 def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
-  """`(loc [dim], scale_tril [dim, dim], converged, num_grad_evals)` of the
-  Laplace approximation from the start `x0: [dim]`; traceable (vmap over
-  starts works). The Hessian counts as `dim` gradient evaluations."""
+  """The Laplace approximation from one start; traceable (vmap over starts).
+
+  Args:
+    target_log_prob_fn: log density of one draw (as for `laplace`).
+    space: the `vi_jax.bijectors.LatentSpace` of the latents.
+    max_iterations: Python int, L-BFGS iterations at most.
+    x0: `[dim]` float, the unconstrained start.
+
+  Returns:
+    `(loc [dim], scale_tril [dim, dim], converged shape=() bool,
+    num_grad_evals shape=() int32)`, in x0's dtype; the Hessian counts as
+    `dim` gradient evaluations. Nothing is raised: a start with a non-finite
+    density or gradient gives `converged=False`.
+
+  References: as `laplace` (NumPyro's AutoLaplaceApproximation).
+  """
   log_density = flat_log_density(target_log_prob_fn, space)
   neg = lambda x: -log_density(x[None])[0]
   solver = optax.lbfgs()
