@@ -119,9 +119,13 @@ def test_pooled_draws_k_hat_and_one_compile_for_two_calls(count_compiles):
   for r in (first, second):
     chex.assert_shape([r.loc, r.scale_tril, r.elbo, r.draws, r.k_hat],
                       [(3,), (3, 3), (4,), (1000, 3), ()])
-    assert r.num_grad_evals.dtype == jnp.int32
-    # 4 paths x (start + line searches + 32 draws per iterate) + 4 x 1000.
-    assert 4000 + 4 * 33 < int(r.num_grad_evals) < 4000 + 4 * 40 * 40
+    assert r.num_grad_evals.dtype == r.num_density_evals.dtype == jnp.int32
+    # Gradients: 4 paths x (start + line-search trials), at least one
+    # iteration each; density alone: 32 ELBO draws per iterate + 4 x 1000.
+    assert 4 * 2 <= int(r.num_grad_evals) < 4 * 40 * 40
+    iterate_draws = int(r.num_density_evals) - 4 * 1000
+    assert iterate_draws >= 4 * 32 and iterate_draws % 32 == 0
+    assert iterate_draws // 32 <= int(r.num_grad_evals) - 4
     assert float(r.k_hat) < 0.7
     sd = np.sqrt(np.diag(COV))
     np.testing.assert_allclose(r.draws.mean(0), MEAN, atol=0.15 * sd.min())
@@ -183,4 +187,4 @@ def test_bad_input_errors_name_the_argument(kwargs, match):
 def test_exports():
   assert vi.PathfinderResult._fields == (
       "surrogate", "params", "loc", "scale_tril", "elbo", "draws", "k_hat",
-      "num_grad_evals")
+      "num_grad_evals", "num_density_evals")

@@ -51,9 +51,11 @@ class PathfinderResult(NamedTuple):
       q_mix(x)`, q_mix the equal-weight mixture of the paths' Gaussians (`inf`
       when too few draws are finite to fit it).
     num_grad_evals: shape (), int32: evaluations of the target log density
-      and its gradient in all: L-BFGS (start and every line-search trial),
-      the ELBO draws of every iterate and the final importance draws (each
-      counted as one, though a density without gradient is cheaper).
+      with its gradient: L-BFGS's start and every line-search trial, all
+      paths.
+    num_density_evals: shape (), int32: evaluations of the log density alone
+      (no gradient): the ELBO draws of every iterate and the final importance
+      draws, all paths (Blackjax's pathfinder reports the two the same way).
   """
   surrogate: Surrogate
   params: Params
@@ -63,6 +65,7 @@ class PathfinderResult(NamedTuple):
   draws: PyTree
   k_hat: Array
   num_grad_evals: Array
+  num_density_evals: Array
 
 
 class _Gaussian(NamedTuple):
@@ -84,7 +87,7 @@ class _PathState(NamedTuple):
   filled: Array        # [m] bool, which rows of s, z hold an update
   iteration: Array     # () int32
   done: Array          # () bool
-  num_evals: Array     # () int32
+  num_evals: Array     # () int32, value-and-gradient evaluations
   best_elbo: Array     # ()
   best: _Gaussian
 
@@ -232,7 +235,7 @@ def _step(log_density, solver, num_elbo_draws, ftol, gtol, max_iterations,
   return _PathState(
       *moved, alpha=alpha, s=s, z=z, filled=filled, iteration=iteration,
       done=done,
-      num_evals=st.num_evals + step.num_evals + num_elbo_draws,
+      num_evals=st.num_evals + step.num_evals,
       best_elbo=jnp.maximum(elbo, st.best_elbo),
       best=jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b),
                                   gaussian, st.best))
@@ -264,7 +267,8 @@ def _single_path(log_density, settings, x0, key):
   step = functools.partial(_step, log_density, solver, num_elbo_draws, ftol,
                            gtol, max_iterations, key)
   state = jax.lax.while_loop(lambda st: ~st.done, step, state)
-  return state.best, state.best_elbo, state.num_evals
+  num_density_evals = state.iteration * num_elbo_draws
+  return state.best, state.best_elbo, state.num_evals, num_density_evals
 
 
 def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
@@ -274,7 +278,7 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
   key_init, key_paths, key_draws, key_resample = jax.random.split(key, 4)
   x0 = init_loc + init_radius * jax.random.uniform(
       key_init, (num_paths, space.dim), init_loc.dtype, -1., 1.)
-  best, elbo, evals = jax.vmap(functools.partial(
+  best, elbo, evals, density_evals = jax.vmap(functools.partial(
       _single_path, log_density, settings))(
           x0, jax.random.split(key_paths, num_paths))
   x, _ = jax.vmap(_sample, in_axes=(0, 0, None))(
@@ -296,9 +300,9 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
   top = jnp.argmax(elbo)
   best_one = jax.tree_util.tree_map(lambda leaf: leaf[top], best)
   scale_tril = _scale_tril(best_one)
-  num_evals = jnp.sum(evals) + num_paths * num_draws
+  num_density = jnp.sum(density_evals) + num_paths * num_draws
   return (best_one.mu, scale_tril, elbo, draws, smoothed.pareto_k,
-          num_evals.astype(jnp.int32))
+          jnp.sum(evals).astype(jnp.int32), num_density.astype(jnp.int32))
 
 
 @functools.lru_cache(maxsize=64)
@@ -417,10 +421,10 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
   except TypeError:
     run = jax.jit(functools.partial(_run, target_log_prob_fn, space, settings,
                                     ints["num_paths"], ints["num_draws"]))
-  loc, scale_tril, elbo, draws, k_hat, evals = run(
+  loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
       jnp.asarray(init_radius, dtype), loc0, key)
   surrogate = full_rank_normal(event_shape, bijector, dtype=dtype)
   return PathfinderResult(
       surrogate=surrogate, params=full_rank_params(loc, scale_tril), loc=loc,
       scale_tril=scale_tril, elbo=elbo, draws=draws, k_hat=k_hat,
-      num_grad_evals=evals)
+      num_grad_evals=evals, num_density_evals=density_evals)
