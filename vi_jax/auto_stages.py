@@ -38,6 +38,7 @@ FLOW_LEARNING_RATE = 5e-3  # the flow's peak Adam step size (whitened space)
 FLOW_SAMPLE_SIZE = 8  # draws per Adam step of the flow
 GROWTH = 4  # DADVI's one growth of the fixed draws
 DRAWS_FACTOR = 8  # DADVI's first fixed draws: this times (M_min - 1)
+EVAL_BATCH = 2048  # draws of the target evaluated at once in a verdict
 
 LAPLACE_MAX_DIM = 2000  # above: no Laplace stage (a dense [dim, dim] Hessian)
 LAPLACE_MAX_ITERATIONS = 1000  # L-BFGS iterations to the MAP (vi.laplace's)
@@ -112,6 +113,13 @@ def _whitened(rung: _Rung, config: Config, event_shape, bijector, loc,
                                     scale_tril=scale_tril, **kwargs)
 
 
+def _in_batches(log_p, z):
+  """`log_p(z)` over `[n, ...]` draws, `EVAL_BATCH` at a time (bounded
+  memory: a target's intermediates grow with the draws it sees at once)."""
+  one = lambda zi: log_p(jax.tree_util.tree_map(lambda x: x[None], zi))[0]
+  return jax.lax.map(one, z, batch_size=EVAL_BATCH)
+
+
 def _evaluate(log_p, space, surrogate, num_draws, params, eval_key):
   """`(elbo, k_hat, mean [dim], sd [dim])` of one fit from `num_draws` draws.
 
@@ -121,7 +129,7 @@ def _evaluate(log_p, space, surrogate, num_draws, params, eval_key):
   (common random numbers).
   """
   z, log_q = surrogate.sample_and_log_prob(params, eval_key, num_draws)
-  log_w = log_p(z) - log_q
+  log_w = _in_batches(log_p, z) - log_q
   log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
   smoothed = diagnostics.psis(log_w)
   u, _ = space.inverse_and_log_det(z)
@@ -339,7 +347,8 @@ def start(target_log_prob_fn, event_shape, bijector, key, dtype):
       elbo=float(jnp.max(pf.elbo)), mean_gap=math.nan, sd_gap=math.nan,
       num_grad_evals=int(pf.num_grad_evals),
       wall_time=time.perf_counter() - t0, passed=False,
-      note="start: loc and scale for whitening")
+      note=f"start: whitens the ladder (+{int(pf.num_density_evals):,} "
+      "density evals)")
   return loc, scale_tril, record
 
 

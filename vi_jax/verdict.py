@@ -160,11 +160,10 @@ def table_header() -> str:
 
 def format_record(r: StageRecord) -> str:
   """One row of `summary_table`."""
-  note = "start (whitening loc, scale)" if r.family == "pathfinder" else r.note
   return (f"{r.family:<11} {r.method:<24} {_fmt(r.k_hat, '6.2f'):>6} "
           f"{_fmt(r.elbo, '11.3f'):>11} {_fmt(r.mean_gap, '9.3f'):>9} "
           f"{_fmt(r.sd_gap, '7.1%'):>7} {r.num_grad_evals:>11,} "
-          f"{r.wall_time:>7.2f}  {note}")
+          f"{r.wall_time:>7.2f}  {r.note}")
 
 
 def summary_table(history: Sequence[StageRecord], family: str, k_hat: float,
