@@ -15,9 +15,12 @@ all on the same target (the peers on its flat unconstrained density):
 
 * `vi_jax auto_fit`: `vi.auto_fit(target_log_prob_fn, event_shape, bijector,
   key=...)` with default settings, one call; its `result.sample(key, 4000)`
-  and `result.num_grad_evals`. Skipped with a note when `vi.auto_fit` does not
-  exist; `--standin` puts `vi.fit` (full-rank, Adam 1e-2, S = 16, 2000 steps)
-  behind the same interface to exercise the harness.
+  and `result.num_grad_evals` (value-and-gradient evaluations; its
+  Pathfinder's ELBO draws and the verdicts' draws need the log density alone
+  and are not counted, as for Blackjax's pathfinder below). Skipped with a
+  note when `vi.auto_fit` does not exist; `--standin` puts `vi.fit`
+  (full-rank, Adam 1e-2, S = 16, 2000 steps) behind the same interface to
+  exercise the harness.
 * Blackjax `pathfinder` (one path) and multi-path Pathfinder (4 paths from
   uniform(-2, 2) starts, 1000 draws per path pooled and PSIS-resampled by
   `blackjax.vi.multipathfinder`'s `sample`): L-BFGS `maxiter` 30, 100, 300
@@ -447,7 +450,8 @@ def write_section(text: str, path: str = RESULTS):
     new = old.rstrip("\n") + "\n\n" + text
   else:
     end = old.find("\n## ", start + len(SECTION))
-    new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+    rest = "\n" + old[end + 1:] if end >= 0 else ""
+    new = old[:start] + text.rstrip("\n") + "\n" + rest
   with open(path, "w") as f:
     f.write(new.rstrip("\n") + "\n")
 
