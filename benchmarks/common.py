@@ -234,8 +234,14 @@ TARGETS = {
 QUICK_TARGETS = ("eight_schools",)
 
 
+def _chunk_steps(num_steps: int, most: int) -> int:
+  """The largest divisor of `num_steps` that is at most `most`."""
+  return max(d for d in range(1, min(num_steps, most) + 1)
+             if num_steps % d == 0)
+
+
 def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
-                num_steps, params=None, with_loss=False):
+                num_steps, params=None, with_loss=False, chunk=None):
   """The irreducible work: scan of vmap(grad(log p)) on S points + optax update.
 
   Args:
@@ -255,6 +261,13 @@ def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
       `jax.vmap(jax.value_and_grad(log p))` and trace their negated mean every
       step ("bare kernel + loss": what any ELBO that reports its value pays
       on top of the kernel, whatever the engine).
+    chunk: None, or at most this many steps per inner `lax.scan` (the
+      largest divisor of `num_steps`), an outer scan over the chunks ("bare
+      kernel (chunked)"): XLA:CPU runs a loop body op by op, without its
+      task-graph executor, only when every buffer the loop touches is at most
+      512 bytes; a scan over all `[num_steps, 2]` keys is not. vi_jax's fit
+      loop runs in such chunks (`vi_jax.loop`), so this is the kernel with
+      the same advantage.
 
   Returns:
     `key -> final params` (with_loss: `(final params, [num_steps] losses)`),
@@ -283,8 +296,15 @@ def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
       return ((optax.apply_updates(params, updates), opt_state),
               -jnp.mean(value) if with_loss else None)
 
-    (final, _), losses = jax.lax.scan(body, (params, opt_state),
-                                      jax.random.split(key, num_steps))
+    keys = jax.random.split(key, num_steps)
+    if chunk is None:
+      (final, _), losses = jax.lax.scan(body, (params, opt_state), keys)
+    else:
+      k = _chunk_steps(num_steps, chunk)
+      (final, _), losses = jax.lax.scan(
+          lambda carry, ks: jax.lax.scan(body, carry, ks),
+          (params, opt_state), keys.reshape((num_steps // k, k)))
+      losses = None if losses is None else losses.reshape(-1)
     return (final, losses) if with_loss else final
 
   return run

@@ -18,7 +18,11 @@ structure and shapes (`{"loc", "raw_scale"}` for mean-field, `{"loc",
 "raw_scale_tril"}` for full-rank); it computes no loss value. "bare kernel
 (dim)" updates one `[dim]` vector only, and "bare kernel + loss" also computes
 and traces the loss value (`vmap(value_and_grad(log p))`), both shown at S = 16
-for mean-field. Peers run at S = 1 and 16 only unless --peers-at-all-sizes.
+for mean-field; "bare kernel (chunked)" (mean-field, S = 1 and 16) is the
+bare kernel as an outer scan over inner scans of at most 50 steps, as
+vi_jax's loop runs (XLA:CPU executes a small loop body faster when its
+buffers are small: see `benchmarks.common.bare_kernel`). Peers run at S = 1
+and 16 only unless --peers-at-all-sizes.
 Full-rank is skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
 
@@ -32,6 +36,7 @@ from benchmarks import common
 from benchmarks import peers
 
 FULL_RANK_MAX_DIM = 1000
+KERNEL_CHUNK = 50  # steps per inner scan of "bare kernel (chunked)"
 
 
 def _steps(target, sample_size, quick):
@@ -62,6 +67,10 @@ def measure_target(target, sample_sizes, repeats, quick=False,
       fns[("bare kernel", family)] = common.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s, steps,
           common.surrogate_params(family, target))
+      if family == "mean-field" and s in (1, 16):
+        fns[("bare kernel (chunked)", family)] = common.bare_kernel(
+            target.unconstrained_log_prob, target.dim, optimizer, s, steps,
+            common.surrogate_params(family, target), chunk=KERNEL_CHUNK)
       if family == "mean-field" and s == 16:
         fns[("bare kernel (dim)", family)] = common.bare_kernel(
             target.unconstrained_log_prob, target.dim, optimizer, s, steps)
