@@ -1,22 +1,30 @@
-"""The compiled fit loop: scan or while loop, progress chunks, trace padding.
+"""The compiled fit loop: scan or while loop, chunks, trace padding.
 
 `run` steps a composed `StepFn` (`vi_jax.step`) over precomputed keys. Without
-a stopping rule it is one `jax.lax.scan` (reverse-differentiable), in chunks
-of `reporter.every` steps when a progress bar is on (a nested scan, so no
-per-step cost); a state that stops early (non-finite updates) is left
-unchanged by the remaining steps (`vi_jax.guards.is_active`). With a
-convergence criterion it is a `jax.lax.while_loop` that stops after the step
-at which the criterion fires. Either way the trace has `num_steps` rows, the
-first `num_steps_taken` real and the rest repeating the last real row (TFP's
+a stopping rule it is a `jax.lax.scan` (reverse-differentiable) over chunks
+of a few dozen steps, each an inner scan, optimistically: a chunk runs the
+guard's fast path (`vi_jax.guards.FastPath`: every update taken, no
+conditional) and, only when one of its updates would have been rejected or
+it started stopped, is replayed from its start with the guarded step, so the
+result is the guarded step's. A chunk is short so that every buffer its
+inner loop touches stays under XLA:CPU's sequential-execution threshold
+(`_SEQUENTIAL_BYTES`); the progress bar is checked between chunks. A state
+that stops early (non-finite updates) is left unchanged by the remaining
+steps (`vi_jax.guards.is_active`). With a convergence criterion it is a
+`jax.lax.while_loop` of the guarded step that stops after the step at which
+the criterion fires. Either way the trace has `num_steps` rows, the first
+`num_steps_taken` real and the rest repeating the last real row (TFP's
 padding), and `skipped` marks the steps whose update was rejected.
 """
-
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vi_jax._types import Array, PyTree
+from vi_jax.guards import FastPath
 from vi_jax.guards import is_active
 from vi_jax.step import TraceableQuantities
 from vi_jax.step import VIState
@@ -53,51 +61,118 @@ def _trace_spec(trace_fn, state: VIState, loss: Array):
       trace_fn(fake))
 
 
-def _scan(body, state, xs, reporter, loss_of):
-  """`lax.scan(body, state, xs)`, in chunks of `reporter.every` steps with a
-  bar update between chunks when a reporter is given."""
-  if reporter is None:
-    return jax.lax.scan(body, state, xs)
-  num_steps, every = xs[0].shape[0], reporter.every
-  n_chunks, head = num_steps // every, num_steps // every * every
-  parts = []
-  if n_chunks:
-
-    def chunk(carry, chunk_xs):
-      state, next_report = carry
-      state, ys = jax.lax.scan(body, state, chunk_xs)
-      next_report = reporter.maybe_report(chunk_xs[0][-1] + 1,
-                                          loss_of(ys)[-1], next_report)
-      return (state, next_report), ys
-
-    (state, _), ys = jax.lax.scan(
-        chunk, (state, jnp.asarray(every, jnp.int32)),
-        jax.tree_util.tree_map(
-            lambda x: x[:head].reshape((n_chunks, every) + x.shape[1:]), xs))
-    parts.append(jax.tree_util.tree_map(
-        lambda y: y.reshape((head,) + y.shape[2:]), ys))
-  if head < num_steps:
-    state, ys = jax.lax.scan(body, state,
-                             jax.tree_util.tree_map(lambda x: x[head:], xs))
-    parts.append(ys)
-  ys = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
-      lambda *a: jnp.concatenate(a), *parts)
-  return state, ys
+# XLA:CPU runs a loop body's thunks one after another, without its task-graph
+# executor, when every buffer the body touches is at most this many bytes
+# (`ThunkExecutor`'s sequential-execution threshold); on a small target the
+# task graph costs more than the step (eight schools: ~0.7 us a step).
+_SEQUENTIAL_BYTES = 512
 
 
-def _scan_loop(step, state, keys, data, trace_fn, trace_is_loss, reporter,
-               max_nonfinite):
+def _chunk_length(num_steps: int, every: Optional[int], limit: int) -> int:
+  """Steps per chunk: at most `limit`, dividing `every` (the bar's update
+  granularity) when given, and `num_steps` (no remainder) when that leaves
+  chunks of at least 8 steps (or of `limit`)."""
+  spans = (num_steps,) if every is None else (math.gcd(num_steps, every),
+                                               every)
+  for span in spans:
+    k = max(d for d in range(1, min(span, limit) + 1) if span % d == 0)
+    if k >= min(span, limit, 8):
+      return k
+  return limit if every is None else every
+
+
+def _step_bytes(spec, loss0, keys) -> int:
+  """The widest per-step entry of the scan's inputs and outputs, in bytes."""
+  leaves = jax.tree_util.tree_leaves((spec, loss0, jax.eval_shape(
+      jax.random.key_data, keys[0])))
+  return max(int(np.prod(l.shape, dtype=np.int64)) * jnp.dtype(l.dtype).itemsize
+             for l in leaves)
+
+
+def _chunked(chunk, tail, state, keys, length, reporter, loss_of):
+  """`chunk(state, keys) -> (state, rows)` over consecutive chunks of `length`
+  keys (an outer `lax.scan` when there are several), then `tail` over the
+  remaining keys; a bar check after each chunk when a reporter is given."""
   num_steps = keys.shape[0]
+  n_chunks = num_steps // length
+  head = n_chunks * length
+  parts = []
+  if n_chunks == 1 and reporter is None:
+    state, rows = chunk(state, keys[:head])
+    parts.append(rows)
+  elif n_chunks:
 
-  def body(state, i_key):
+    def outer(carry, chunk_keys):
+      state, end, next_report = carry
+      state, rows = chunk(state, chunk_keys)
+      if reporter is not None:
+        next_report = reporter.maybe_report(end, loss_of(rows)[-1],
+                                            next_report)
+      return (state, end + length, next_report), rows
+
+    start = (jnp.asarray(length, jnp.int32),
+             jnp.asarray(reporter.every if reporter else 0, jnp.int32))
+    (state, _, _), rows = jax.lax.scan(
+        outer, (state,) + start,
+        keys[:head].reshape((n_chunks, length) + keys.shape[1:]))
+    parts.append(jax.tree_util.tree_map(
+        lambda y: y.reshape((head,) + y.shape[2:]), rows))
+  if head < num_steps:
+    state, rows = tail(state, keys[head:])
+    parts.append(rows)
+  rows = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
+      lambda *a: jnp.concatenate(a), *parts)
+  return state, rows
+
+
+@jax.custom_batching.custom_vmap
+def _all_of_batch(pred: Array) -> Array:
+  """`pred`; under `jax.vmap` one unbatched `all(pred)`, so that a `lax.cond`
+  on it stays a conditional (a batched predicate turns it into a select that
+  runs both branches: the replay would run for every chunk)."""
+  return pred
+
+
+@_all_of_batch.def_vmap
+def _all_of_batch_rule(axis_size, in_batched, pred):
+  del axis_size
+  return (jnp.all(pred) if in_batched[0] else pred), False
+
+
+def _scan_loop(step, fast, state, keys, data, trace_fn, trace_is_loss,
+               reporter, max_nonfinite, length):
+  """The scan, optimistically: a chunk runs the guard's fast path (no
+  conditional) and is replayed from its start with the guarded `step`
+  unless it started active and the guard accepts every update; the replay
+  gives what the guarded step alone gives, so the result is the same."""
+
+  def guarded(state, key):
     active = is_active(state, max_nonfinite)
-    state, info = step(state, i_key[1], data)
+    state, info = step(state, key, data)
     return state, _Row(trace_fn(info), active, active & ~info.is_finite,
                        None if trace_is_loss else info.loss)
 
+  def fast_body(carry, key):
+    state, clean = carry
+    state, info = fast.step(state, key, data)
+    return (state, clean & fast.accepts(state, info)), (
+        trace_fn(info), None if trace_is_loss else info.loss)
+
+  replay = lambda state, keys: jax.lax.scan(guarded, state, keys)
+
+  def chunk(state, chunk_keys):
+    if fast is None:  # the guard rejects nothing: no replay needed
+      return replay(state, chunk_keys)
+    (new, clean), (trace, loss) = jax.lax.scan(
+        fast_body, (state, is_active(state, max_nonfinite)), chunk_keys)
+    n = chunk_keys.shape[0]
+    rows = _Row(trace, jnp.ones((n,), bool), jnp.zeros((n,), bool), loss)
+    return jax.lax.cond(_all_of_batch(clean), lambda: (new, rows),
+                        lambda: replay(state, chunk_keys))
+
   loss_of = lambda row: row.trace if row.loss is None else row.loss
-  state, rows = _scan(body, state, (jnp.arange(num_steps, dtype=jnp.int32),
-                                    keys), reporter, loss_of)
+  state, rows = _chunked(chunk, replay, state, keys, length, reporter,
+                         loss_of)
   taken = jnp.sum(rows.active.astype(jnp.int32)).astype(jnp.int32)
   last = loss_of(rows)[jnp.maximum(taken - 1, 0)]
   return state, rows.trace, taken, last, rows.skipped
@@ -147,7 +222,7 @@ def pad(trace: PyTree, taken: Array) -> tuple[PyTree, Array]:
 
 
 def run(step: Callable, state: VIState, keys: Array, data: Any, *,
-        trace_fn: Callable, trace_is_loss: bool, reporter: Any,
+        fast: Optional[FastPath] = None, trace_fn: Callable, trace_is_loss: bool, reporter: Any,
         stops_early: bool, max_nonfinite: Optional[int], loss0: Array,
         ok0: Optional[Array] = None) -> LoopResult:
   """Runs `step` over `keys` ([num_steps] keys) from `state`.
@@ -157,6 +232,9 @@ def run(step: Callable, state: VIState, keys: Array, data: Any, *,
     state: the initial `VIState`.
     keys: [num_steps] PRNG keys, one per iteration.
     data: the full data pytree, or None.
+    fast: the guard's fast path of `step` (`vi_jax.guards.fast_path`), or
+      None: the scan runs it and replays a chunk with `step` only when the
+      chunk needs the guard.
     trace_fn: `TraceableQuantities -> pytree`, recorded per step.
     trace_is_loss: trace_fn returns the loss (no second loss buffer).
     reporter: a `vi_jax.progress.Reporter`, or None.
@@ -176,8 +254,11 @@ def run(step: Callable, state: VIState, keys: Array, data: Any, *,
     if stops_early:
       return _while_loop(step, state, keys, data, trace_fn, reporter,
                          max_nonfinite, loss0, spec)
-    return _scan_loop(step, state, keys, data, trace_fn, trace_is_loss,
-                      reporter, max_nonfinite)
+    length = _chunk_length(
+        num_steps, None if reporter is None else reporter.every,
+        max(1, _SEQUENTIAL_BYTES // _step_bytes(spec, loss0, keys)))
+    return _scan_loop(step, fast, state, keys, data, trace_fn,
+                      trace_is_loss, reporter, max_nonfinite, length)
 
   def skip(state):
     return (state, _zeros(spec, num_steps), jnp.zeros((), jnp.int32), loss0,
