@@ -26,6 +26,7 @@ import numpy as np
 from vi_jax._types import Array, PyTree
 from vi_jax.guards import FastPath
 from vi_jax.guards import is_active
+from vi_jax.step import SEQUENTIAL_BYTES
 from vi_jax.step import TraceableQuantities
 from vi_jax.step import VIState
 
@@ -61,14 +62,11 @@ def _trace_spec(trace_fn, state: VIState, loss: Array):
       trace_fn(fake))
 
 
-# XLA:CPU runs a loop body's thunks one after another, without its task-graph
-# executor, when every buffer slice they use is at most this many bytes
-# (`ThunkExecutorOptions.execute_sequential_buffer_threshold`, in
-# xla/backends/cpu/runtime/thunk_executor.h). The [chunk, 2] keys and the
-# [chunk] trace are such buffers, so a chunk is at most 64 steps. On a small
-# target the task graph costs more than the step: eight schools, S = 1,
-# chunks of 64 vs 72 steps: 1.25 vs 1.99 us a step.
-_SEQUENTIAL_BYTES = 512
+# A chunk's [chunk, 2] keys and [chunk] trace rows are buffers of its inner
+# loop, kept under XLA:CPU's sequential-execution threshold
+# (`vi_jax.step.SEQUENTIAL_BYTES`), so a chunk is at most 64 steps: eight
+# schools, S = 1, chunks of 64 vs 72 steps: 1.25 vs 1.99 us a step.
+_SEQUENTIAL_BYTES = SEQUENTIAL_BYTES
 
 
 def _chunk_length(num_steps: int, every: Optional[int], limit: int) -> int:
