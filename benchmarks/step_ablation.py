@@ -1,7 +1,7 @@
 """Where vi_jax's per-step cost goes on a small target: one piece off at a time.
 
     taskset -c 0 python -m benchmarks.step_ablation --target eight_schools \
-        --sample-size 1 --variants full,no-guard,no-fast-path,one-chunk
+        --sample-size 1 --variants full,no-guard,one-chunk
 
 A diagnostic for the small-problem cost (issue 13), not part of `run_all`.
 Every variant is `vi.fit` (mean-field, Adam 1e-2, loss traced) with one
@@ -15,8 +15,6 @@ Variants (comma-separated):
   no-guard             `vi.fit(..., skip_nonfinite=False,
                        max_consecutive_nonfinite=None)`: no non-finite checks
                        or selects
-  no-fast-path         every chunk runs the guarded step (one conditional a
-                       step) instead of the guard's fast path with replay
   one-chunk            the scan not split into short chunks
                        (`vi_jax.loop._SEQUENTIAL_BYTES` unbounded): XLA:CPU
                        runs the loop body with its task-graph executor
@@ -40,9 +38,8 @@ import optax
 from benchmarks import common
 from benchmarks import peers
 
-VARIANTS = ("full", "no-guard", "no-fast-path", "one-chunk",
-            "no-base-materialize", "no-target-materialize", "no-bits-once",
-            "vmap-one-draw")
+VARIANTS = ("full", "no-guard", "one-chunk", "no-base-materialize",
+            "no-target-materialize", "no-bits-once", "vmap-one-draw")
 
 
 @contextlib.contextmanager
@@ -63,15 +60,11 @@ def _patch(variant):
       for m in ("_rng", "fit", "surrogates.base", "target", "loop"))
   identity = lambda x: x
   if variant == "no-guard":
-    stack = contextlib.ExitStack()
-    for name in ("with_nonfinite_guard", "fast_path"):
-      stack.enter_context(_replaced(
-          fit, name, lambda inner, *, gated, _guard=getattr(fit, name), **_:
-          _guard(inner, skip_nonfinite=False, max_consecutive_nonfinite=None,
-                 gated=gated)))
-    return stack
-  if variant == "no-fast-path":
-    return _replaced(fit, "fast_path", lambda inner, **_: None)
+    guard = fit.with_nonfinite_guard
+    return _replaced(fit, "with_nonfinite_guard",
+                     lambda inner, *, gated, **_: guard(
+                         inner, skip_nonfinite=False,
+                         max_consecutive_nonfinite=None, gated=gated))
   if variant == "one-chunk":
     return _replaced(loop, "_SEQUENTIAL_BYTES", 2**62)
   if variant == "no-base-materialize":

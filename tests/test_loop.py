@@ -1,6 +1,7 @@
-"""The optimistic scan (vi_jax.loop): chunks run without the non-finite guard
-and are replayed with it when needed, so a fit equals the guarded step run
-one step at a time from Python (`vi.build`'s init/step pair)."""
+"""The chunked scan (vi_jax.loop): a fit run as chunks of at most 64 steps
+(with a remainder, NaN losses at chosen steps, an early stop, under vmap and
+grad) equals the guarded step run one step at a time from Python
+(`vi.build`'s init/step pair)."""
 
 import distrax
 import jax
@@ -65,8 +66,8 @@ def _fit(loss, key, num_steps, max_consecutive_nonfinite):
 
 def _assert_same(r, ref):
   # Floats to rounding: XLA compiles a step inside a scan and alone
-  # differently (the guarded scan before the optimistic one differed from
-  # this reference by the same 1e-6).
+  # differently (the unchunked scan differed from this reference by the
+  # same 1e-6).
   state, trace, skipped, taken = ref
   for got, want in zip(jax.tree_util.tree_leaves(r.state),
                        jax.tree_util.tree_leaves(state)):
@@ -79,8 +80,8 @@ def _assert_same(r, ref):
 
 
 @pytest.mark.parametrize("num_steps, bad_steps, max_nonfinite", [
-    (200, [3, 4, 120, 199], 10),  # chunks of 50: replays, clean chunks
-    (211, [1, 64, 65, 66, 210], None),  # prime: chunks of 64 + guarded tail
+    (200, [3, 4, 120, 199], 10),  # chunks of 50, skips in some
+    (211, [1, 64, 65, 66, 210], None),  # prime: chunks of 64 + a remainder
     (150, [40, 41, 42] + list(range(60, 150)), 5),  # stops; inactive chunks
 ])
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -95,8 +96,8 @@ def test_fit_equals_the_guarded_step_one_at_a_time(num_steps, bad_steps,
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_vmapped_fits_equal_their_own_runs():
-  # Under vmap one member's non-finite chunk replays the chunk for all
-  # members (one conditional); the clean member must be unaffected.
+  # Under vmap the guard's conditional becomes a select; the member with
+  # non-finite steps skips them and the clean member is unaffected.
   num_steps, keys = 120, jax.random.split(jax.random.key(4), 2)
   loss = _loss_nan_at(keys[0], num_steps, [30, 31])
   batched = jax.jit(jax.vmap(lambda k: _fit(loss, k, num_steps, 10)))(keys)
@@ -110,7 +111,7 @@ def test_vmapped_fits_equal_their_own_runs():
 def test_grad_through_chunks_with_a_skipped_step_matches_closed_form():
   # SGD on -(z - x)^2 / 2 from z = 0 with lr 0.1: each accepted step maps
   # z -> z + 0.1 (x - z), so after n accepted steps d z / d x = 1 - 0.9^n.
-  # 150 steps run as 3 chunks of 50; step 70 is rejected (one replay).
+  # 150 steps run as 3 chunks of 50; step 70 is rejected.
   num_steps, key = 150, jax.random.key(5)
   loss = _loss_nan_at(key, num_steps, [70])
 

@@ -41,8 +41,6 @@ from vi_jax.convergence import ConvergenceCriterion
 from vi_jax.convergence import criterion_state_spec
 from vi_jax.convergence import with_criterion
 from vi_jax.guards import data_note
-from vi_jax.guards import fast_path
-from vi_jax.guards import FastPath
 from vi_jax.guards import nonfinite_rows
 from vi_jax.guards import skip_report
 from vi_jax.guards import with_nonfinite_guard
@@ -158,11 +156,9 @@ def _without_data(inner):
   return step
 
 
-def _algorithm(spec: _Spec) -> tuple[VIAlgorithm, Callable, Optional[FastPath]]:
-  """`(VIAlgorithm(init, step), loss_at, fast)`: the composed step;
-  `loss_at(state, key, data)` is its loss alone (a forward pass, fit's
-  initial check); `fast` the guard's fast path of the same step
-  (`vi_jax.guards.fast_path`, for `vi_jax.loop`), or None."""
+def _algorithm(spec: _Spec) -> tuple[VIAlgorithm, Callable]:
+  """`(VIAlgorithm(init, step), loss_at)`: the composed step; `loss_at(state,
+  key, data)` is its loss alone (a forward pass, fit's initial check)."""
   learn = spec.model_params is not None
 
   def objective(trainable, key, batch):
@@ -172,24 +168,20 @@ def _algorithm(spec: _Spec) -> tuple[VIAlgorithm, Callable, Optional[FastPath]]:
       target = BoundTarget(spec.target, mp, batch)
     return spec.loss(target, spec.surrogate, params, key, spec.sample_size)
 
-  def compose(guard):
-    step = core_step(objective, spec.optimizer, learn)
-    if spec.criterion is not None:
-      step = with_criterion(step, spec.criterion, learn)
-    return guard(step, skip_nonfinite=spec.skip_nonfinite,
-                 max_consecutive_nonfinite=spec.max_nonfinite,
-                 gated=spec.criterion is not None)
-
-  def with_data(step):
-    if spec.data_spec is not None:
-      return with_minibatch(step, spec.batch_size, spec.num_shards)
-    return _without_data(step)
-
-  step, fast = with_data(compose(with_nonfinite_guard)), compose(fast_path)
-  if fast is not None:
-    fast = fast._replace(step=with_data(fast.step))
-  loss_at = with_data(lambda state, key, batch: (state, objective(
-      joint(state.params, state.model_params, learn), key, batch)))
+  step = core_step(objective, spec.optimizer, learn)
+  if spec.criterion is not None:
+    step = with_criterion(step, spec.criterion, learn)
+  step = with_nonfinite_guard(
+      step, skip_nonfinite=spec.skip_nonfinite,
+      max_consecutive_nonfinite=spec.max_nonfinite,
+      gated=spec.criterion is not None)
+  loss_only = lambda state, key, batch: (state, objective(
+      joint(state.params, state.model_params, learn), key, batch))
+  if spec.data_spec is not None:
+    step = with_minibatch(step, spec.batch_size, spec.num_shards)
+    loss_at = with_minibatch(loss_only, spec.batch_size, spec.num_shards)
+  else:
+    step, loss_at = _without_data(step), _without_data(loss_only)
 
   def init(key, init_params=None, init_model_params=None):
     params = spec.surrogate.init(key) if init_params is None else init_params
@@ -210,7 +202,7 @@ def _algorithm(spec: _Spec) -> tuple[VIAlgorithm, Callable, Optional[FastPath]]:
         num_consecutive_nonfinite=zero)
 
   return VIAlgorithm(init=init, step=step), (
-      lambda state, key, data=None: loss_at(state, key, data)[1]), fast
+      lambda state, key, data=None: loss_at(state, key, data)[1])
 
 
 def build(target_log_prob_fn, surrogate, optimizer: optax.GradientTransformation,
@@ -281,7 +273,7 @@ class _Program(NamedTuple):
 
 def _make_program(spec, num_steps, trace_fn, trace_is_loss, settings,
                   check_init) -> _Program:
-  alg, loss_at, fast = _algorithm(spec)
+  alg, loss_at = _algorithm(spec)
   reporter = (None if settings is None else
               progress.make_reporter(settings, num_steps))
 
@@ -297,8 +289,7 @@ def _make_program(spec, num_steps, trace_fn, trace_is_loss, settings,
       floats = [l for l in jax.tree_util.tree_leaves(state0.params)
                 if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
       loss0, ok0 = jnp.zeros((), jnp.result_type(*floats or [float])), None
-    out = loop.run(alg.step, state0, keys, data, fast=fast,
-                   trace_fn=trace_fn,
+    out = loop.run(alg.step, state0, keys, data, trace_fn=trace_fn,
                    trace_is_loss=trace_is_loss, reporter=reporter,
                    stops_early=spec.criterion is not None,
                    max_nonfinite=spec.max_nonfinite, loss0=loss0, ok0=ok0)

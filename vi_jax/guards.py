@@ -7,13 +7,9 @@ criterion state kept; the key and the minibatch position advance). After
 `max_consecutive_nonfinite` consecutive skips, or once the convergence
 criterion has fired, the state is inactive and every later step leaves it as
 it is (`is_active`), so a fixed-length scan can run past the stop.
-
-`fast_path` is the same step without the conditional, with a check of
-whether the guard would have accepted the update: `vi_jax.loop` runs chunks
-of steps with it and replays a chunk with the guarded step only when needed.
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +18,11 @@ import numpy as np
 from vi_jax._types import Array
 from vi_jax.step import SEQUENTIAL_BYTES
 from vi_jax.step import StepFn
-from vi_jax.step import TraceableQuantities
 from vi_jax.step import VIState
 
 __all__ = [
-    "FastPath",
     "all_finite",
     "data_note",
-    "fast_path",
     "is_active",
     "nonfinite_rows",
     "skip_report",
@@ -75,16 +68,6 @@ def _select(pred, new, old):
   return jax.lax.cond(pred, lambda: new, lambda: old)
 
 
-def _checks(skip_nonfinite, max_consecutive_nonfinite, gated) -> bool:
-  """Whether the guard can reject an update (else it passes every one)."""
-  return skip_nonfinite or gated or max_consecutive_nonfinite is not None
-
-
-def _update_is_finite(proposed: VIState, info) -> Array:
-  return all_finite(info.loss, info.grads, info.model_grads, proposed.params,
-                    proposed.model_params)
-
-
 def with_nonfinite_guard(inner: StepFn, *, skip_nonfinite: bool,
                          max_consecutive_nonfinite: Optional[int],
                          gated: bool) -> StepFn:
@@ -102,14 +85,15 @@ def with_nonfinite_guard(inner: StepFn, *, skip_nonfinite: bool,
     A `StepFn`; its quantities' `is_finite` says whether the update was
     finite, and `has_converged` is only True for an accepted update.
   """
-  must_select = _checks(skip_nonfinite, max_consecutive_nonfinite, gated)
+  must_select = skip_nonfinite or gated or max_consecutive_nonfinite is not None
 
   def step(state, key, batch):
     proposed, info = inner(state, key, batch)
     active = is_active(state, max_consecutive_nonfinite)
     counters = {}
     if skip_nonfinite:
-      finite = _update_is_finite(proposed, info)
+      finite = all_finite(info.loss, info.grads, info.model_grads,
+                          proposed.params, proposed.model_params)
       ok = finite & active
       counters = dict(
           num_nonfinite=state.num_nonfinite + (active & ~finite).astype(jnp.int32),
@@ -130,47 +114,6 @@ def with_nonfinite_guard(inner: StepFn, *, skip_nonfinite: bool,
         **counters), info._replace(has_converged=fired)
 
   return step
-
-
-class FastPath(NamedTuple):
-  """The guard's fast path, for optimistic execution (`vi_jax.loop`).
-
-  From an active state, a run of `step`s that all `accepts` leaves exactly
-  the state and quantities that the guarded step leaves; any other run must
-  be replayed with the guarded step. Neither has a conditional, so on
-  XLA:CPU the check fuses into a few small kernels (or, on a small target,
-  the whole run compiles to one).
-  """
-  step: StepFn  # the inner step: every update taken, counters as if accepted
-  accepts: Callable[[VIState, TraceableQuantities], Array]  # (proposed,
-  #   info) -> shape=(), bool: the guard would accept this update
-
-
-def fast_path(inner: StepFn, *, skip_nonfinite: bool,
-              max_consecutive_nonfinite: Optional[int],
-              gated: bool) -> Optional[FastPath]:
-  """The fast path of `with_nonfinite_guard(inner, ...)` (same arguments).
-
-  Returns:
-    A `FastPath`, or None when the guard rejects nothing (its step is then
-    `inner` itself).
-  """
-  if not _checks(skip_nonfinite, max_consecutive_nonfinite, gated):
-    return None
-
-  def step(state, key, batch):
-    proposed, info = inner(state, key, batch)
-    if skip_nonfinite:  # a run of accepted steps leaves no skip pending
-      proposed = proposed._replace(
-          num_consecutive_nonfinite=jnp.zeros((), jnp.int32))
-    return proposed, info
-
-  def accepts(proposed, info):
-    ok = (_update_is_finite(proposed, info) if skip_nonfinite else
-          jnp.ones((), bool))
-    return ok & ~info.has_converged if gated else ok
-
-  return FastPath(step, accepts)
 
 
 def nonfinite_rows(data) -> np.ndarray:

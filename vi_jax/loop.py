@@ -1,21 +1,29 @@
 """The compiled fit loop: scan or while loop, chunks, trace padding.
 
 `run` steps a composed `StepFn` (`vi_jax.step`) over precomputed keys. Without
-a stopping rule it is a `jax.lax.scan` (reverse-differentiable) over chunks
-of a few dozen steps, each an inner scan, optimistically: a chunk runs the
-guard's fast path (`vi_jax.guards.FastPath`: every update taken, no
-conditional) and, only when one of its updates would have been rejected or
-it started stopped, is replayed from its start with the guarded step, so the
-result is the guarded step's. A chunk is short so that every buffer its
-inner loop touches stays under XLA:CPU's sequential-execution threshold
-(`_SEQUENTIAL_BYTES`); the progress bar is checked between chunks. A state
-that stops early (non-finite updates) is left unchanged by the remaining
-steps (`vi_jax.guards.is_active`). With a convergence criterion it is a
-`jax.lax.while_loop` of the guarded step that stops after the step at which
-the criterion fires. Either way the trace has `num_steps` rows, the first
-`num_steps_taken` real and the rest repeating the last real row (TFP's
-padding), and `skipped` marks the steps whose update was rejected.
+a stopping rule it is a `jax.lax.scan` (reverse-differentiable) over chunks of
+at most 64 steps (fewer when a trace row is wider than 8 bytes), each an inner
+`lax.scan` of the step, with the progress bar checked between chunks; a state
+that stops early (non-finite updates) is left unchanged by the remaining steps
+(`vi_jax.guards.is_active`). With a convergence criterion it is a
+`jax.lax.while_loop` that stops after the step at which the criterion fires.
+Either way the trace has `num_steps` rows, the first `num_steps_taken` real
+and the rest repeating the last real row (TFP's padding), and `skipped` marks
+the steps whose update was rejected.
+
+Why chunks: XLA:CPU runs a loop body's thunks one after another only when
+every buffer slice they use is at most 512 bytes
+(`vi_jax.step.SEQUENTIAL_BYTES`); otherwise it runs the body with its
+task-graph executor, which on a small target costs more than the step itself.
+A scan over more than 64 steps has [num_steps, 2] keys and [num_steps] trace
+rows over that size; a chunk's inner scan does not. Pinned to one core,
+sample_size 1, wall time per step over the bare gradient step
+(`benchmarks.step_ablation`): eight schools 1.47x as one scan -> 0.92x in
+chunks, banana 1.29x -> 0.69x; at sample_size 16 0.51x and 0.47x. The
+chunks cost ~0.2 s of compile on a first small fit (eight schools, 1000
+steps: 1.8 -> 2.0 s).
 """
+
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -24,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax._types import Array, PyTree
-from vi_jax.guards import FastPath
 from vi_jax.guards import is_active
 from vi_jax.step import SEQUENTIAL_BYTES
 from vi_jax.step import TraceableQuantities
@@ -63,9 +70,9 @@ def _trace_spec(trace_fn, state: VIState, loss: Array):
 
 
 # A chunk's [chunk, 2] keys and [chunk] trace rows are buffers of its inner
-# loop, kept under XLA:CPU's sequential-execution threshold
-# (`vi_jax.step.SEQUENTIAL_BYTES`), so a chunk is at most 64 steps: eight
-# schools, S = 1, chunks of 64 vs 72 steps: 1.25 vs 1.99 us a step.
+# loop, kept under this (the module docstring says why), so a chunk is at most
+# 64 steps: eight schools, S = 1, chunks of 64 vs 72 steps: 1.25 vs 1.99 us a
+# step. A module constant so that `benchmarks.step_ablation` can lift it.
 _SEQUENTIAL_BYTES = SEQUENTIAL_BYTES
 
 
@@ -90,10 +97,10 @@ def _step_bytes(spec, loss0, keys) -> int:
              for l in leaves)
 
 
-def _chunked(chunk, tail, state, keys, length, reporter, loss_of):
+def _chunked(chunk, state, keys, length, reporter, loss_of):
   """`chunk(state, keys) -> (state, rows)` over consecutive chunks of `length`
-  keys (an outer `lax.scan` when there are several), then `tail` over the
-  remaining keys; a bar check after each chunk when a reporter is given."""
+  keys (an outer `lax.scan` when there are several), then over the remaining
+  keys; a bar check after each chunk when a reporter is given."""
   num_steps = keys.shape[0]
   n_chunks = num_steps // length
   head = n_chunks * length
@@ -119,61 +126,25 @@ def _chunked(chunk, tail, state, keys, length, reporter, loss_of):
     parts.append(jax.tree_util.tree_map(
         lambda y: y.reshape((head,) + y.shape[2:]), rows))
   if head < num_steps:
-    state, rows = tail(state, keys[head:])
+    state, rows = chunk(state, keys[head:])
     parts.append(rows)
   rows = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
       lambda *a: jnp.concatenate(a), *parts)
   return state, rows
 
 
-@jax.custom_batching.custom_vmap
-def _all_of_batch(pred: Array) -> Array:
-  """`pred`; under `jax.vmap` one unbatched `all(pred)`, so that a `lax.cond`
-  on it stays a conditional (a batched predicate turns it into a select that
-  runs both branches: the replay would run for every chunk)."""
-  return pred
+def _scan_loop(step, state, keys, data, trace_fn, trace_is_loss, reporter,
+               max_nonfinite, length):
 
-
-@_all_of_batch.def_vmap
-def _all_of_batch_rule(axis_size, in_batched, pred):
-  del axis_size
-  return (jnp.all(pred) if in_batched[0] else pred), False
-
-
-def _scan_loop(step, fast, state, keys, data, trace_fn, trace_is_loss,
-               reporter, max_nonfinite, length):
-  """The scan, optimistically: a chunk runs the guard's fast path (no
-  conditional) and is replayed from its start with the guarded `step`
-  unless it started active and the guard accepts every update; the replay
-  gives what the guarded step alone gives, so the result is the same."""
-
-  def guarded(state, key):
+  def body(state, key):
     active = is_active(state, max_nonfinite)
     state, info = step(state, key, data)
     return state, _Row(trace_fn(info), active, active & ~info.is_finite,
                        None if trace_is_loss else info.loss)
 
-  def fast_body(carry, key):
-    state, clean = carry
-    state, info = fast.step(state, key, data)
-    return (state, clean & fast.accepts(state, info)), (
-        trace_fn(info), None if trace_is_loss else info.loss)
-
-  replay = lambda state, keys: jax.lax.scan(guarded, state, keys)
-
-  def chunk(state, chunk_keys):
-    if fast is None:  # the guard rejects nothing: no replay needed
-      return replay(state, chunk_keys)
-    (new, clean), (trace, loss) = jax.lax.scan(
-        fast_body, (state, is_active(state, max_nonfinite)), chunk_keys)
-    n = chunk_keys.shape[0]
-    rows = _Row(trace, jnp.ones((n,), bool), jnp.zeros((n,), bool), loss)
-    return jax.lax.cond(_all_of_batch(clean), lambda: (new, rows),
-                        lambda: replay(state, chunk_keys))
-
   loss_of = lambda row: row.trace if row.loss is None else row.loss
-  state, rows = _chunked(chunk, replay, state, keys, length, reporter,
-                         loss_of)
+  state, rows = _chunked(lambda state, keys: jax.lax.scan(body, state, keys),
+                         state, keys, length, reporter, loss_of)
   taken = jnp.sum(rows.active.astype(jnp.int32)).astype(jnp.int32)
   last = loss_of(rows)[jnp.maximum(taken - 1, 0)]
   return state, rows.trace, taken, last, rows.skipped
@@ -223,7 +194,7 @@ def pad(trace: PyTree, taken: Array) -> tuple[PyTree, Array]:
 
 
 def run(step: Callable, state: VIState, keys: Array, data: Any, *,
-        fast: Optional[FastPath] = None, trace_fn: Callable, trace_is_loss: bool, reporter: Any,
+        trace_fn: Callable, trace_is_loss: bool, reporter: Any,
         stops_early: bool, max_nonfinite: Optional[int], loss0: Array,
         ok0: Optional[Array] = None) -> LoopResult:
   """Runs `step` over `keys` ([num_steps] keys) from `state`.
@@ -233,9 +204,6 @@ def run(step: Callable, state: VIState, keys: Array, data: Any, *,
     state: the initial `VIState`.
     keys: [num_steps] PRNG keys, one per iteration.
     data: the full data pytree, or None.
-    fast: the guard's fast path of `step` (`vi_jax.guards.fast_path`), or
-      None: the scan runs it and replays a chunk with `step` only when the
-      chunk needs the guard.
     trace_fn: `TraceableQuantities -> pytree`, recorded per step.
     trace_is_loss: trace_fn returns the loss (no second loss buffer).
     reporter: a `vi_jax.progress.Reporter`, or None.
@@ -258,8 +226,8 @@ def run(step: Callable, state: VIState, keys: Array, data: Any, *,
     length = _chunk_length(
         num_steps, None if reporter is None else reporter.every,
         max(1, _SEQUENTIAL_BYTES // _step_bytes(spec, loss0, keys)))
-    return _scan_loop(step, fast, state, keys, data, trace_fn,
-                      trace_is_loss, reporter, max_nonfinite, length)
+    return _scan_loop(step, state, keys, data, trace_fn, trace_is_loss,
+                      reporter, max_nonfinite, length)
 
   def skip(state):
     return (state, _zeros(spec, num_steps), jnp.zeros((), jnp.int32), loss0,
