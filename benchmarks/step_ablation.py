@@ -1,7 +1,7 @@
 """Where vi_jax's per-step cost goes on a small target: one piece off at a time.
 
     taskset -c 0 python -m benchmarks.step_ablation --target eight_schools \
-        --sample-size 1 --variants full,no-guard,no-base-materialize
+        --sample-size 1 --variants full,no-guard,one-chunk
 
 A diagnostic for the small-problem cost (issue 13), not part of `run_all`.
 Every variant is `vi.fit` (mean-field, Adam 1e-2, loss traced) with one
@@ -15,6 +15,9 @@ Variants (comma-separated):
   no-guard             `vi.fit(..., skip_nonfinite=False,
                        max_consecutive_nonfinite=None)`: no non-finite checks
                        or selects
+  one-chunk            the scan not split into short chunks
+                       (`vi_jax.loop._SEQUENTIAL_BYTES` unbounded): XLA:CPU
+                       runs the loop body with its task-graph executor
   no-base-materialize  the surrogate's base draws not materialized
                        (`vi_jax.surrogates.base.materialize` a no-op)
   no-target-materialize  the draws not materialized before the target
@@ -35,8 +38,8 @@ import optax
 from benchmarks import common
 from benchmarks import peers
 
-VARIANTS = ("full", "no-guard", "no-base-materialize", "no-target-materialize",
-            "no-bits-once", "vmap-one-draw")
+VARIANTS = ("full", "no-guard", "one-chunk", "no-base-materialize",
+            "no-target-materialize", "no-bits-once", "vmap-one-draw")
 
 
 @contextlib.contextmanager
@@ -52,8 +55,9 @@ def _replaced(module, name, value):
 def _patch(variant):
   """A context manager that turns one engine piece off while tracing."""
   # The modules (`vi_jax.fit` the function shadows its module on the package).
-  rng, fit, base, target = (importlib.import_module(f"vi_jax.{m}") for m in (
-      "_rng", "fit", "surrogates.base", "target"))
+  rng, fit, base, target, loop = (
+      importlib.import_module(f"vi_jax.{m}")
+      for m in ("_rng", "fit", "surrogates.base", "target", "loop"))
   identity = lambda x: x
   if variant == "no-guard":
     guard = fit.with_nonfinite_guard
@@ -61,6 +65,8 @@ def _patch(variant):
                      lambda inner, *, gated, **_: guard(
                          inner, skip_nonfinite=False,
                          max_consecutive_nonfinite=None, gated=gated))
+  if variant == "one-chunk":
+    return _replaced(loop, "_SEQUENTIAL_BYTES", 2**62)
   if variant == "no-base-materialize":
     return _replaced(base, "materialize", identity)
   if variant == "no-target-materialize":

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax._types import Array
+from vi_jax.step import SEQUENTIAL_BYTES
 from vi_jax.step import StepFn
 from vi_jax.step import VIState
 
@@ -37,9 +38,18 @@ def all_finite(*trees) -> Array:
     return jnp.ones((), bool)
   dtype = jnp.result_type(*parts)
   # 0 * x is 0 for finite x and NaN for inf or NaN, so one reduction checks
-  # every leaf (XLA:CPU ran one small kernel per leaf's isfinite reduction).
-  return jnp.isfinite(jnp.sum(jnp.concatenate(
-      [p.astype(dtype) for p in parts]) * 0))
+  # many leaves (XLA:CPU ran one small kernel per leaf's isfinite reduction);
+  # one per group of leaves of at most SEQUENTIAL_BYTES, so that the check
+  # adds no buffer that sends a small loop body to XLA:CPU's task graph.
+  groups, size = [[]], 0
+  for p in parts:
+    nbytes = p.size * jnp.dtype(dtype).itemsize
+    if groups[-1] and size + nbytes > SEQUENTIAL_BYTES:
+      groups.append([])
+      size = 0
+    groups[-1].append(p.astype(dtype))
+    size += nbytes
+  return jnp.isfinite(sum(jnp.sum(jnp.concatenate(g) * 0) for g in groups))
 
 
 def is_active(state: VIState, max_consecutive_nonfinite: Optional[int]) -> Array:

@@ -1,23 +1,39 @@
-"""The compiled fit loop: scan or while loop, progress chunks, trace padding.
+"""The compiled fit loop: scan or while loop, chunks, trace padding.
 
 `run` steps a composed `StepFn` (`vi_jax.step`) over precomputed keys. Without
-a stopping rule it is one `jax.lax.scan` (reverse-differentiable), in chunks
-of `reporter.every` steps when a progress bar is on (a nested scan, so no
-per-step cost); a state that stops early (non-finite updates) is left
-unchanged by the remaining steps (`vi_jax.guards.is_active`). With a
-convergence criterion it is a `jax.lax.while_loop` that stops after the step
-at which the criterion fires. Either way the trace has `num_steps` rows, the
-first `num_steps_taken` real and the rest repeating the last real row (TFP's
-padding), and `skipped` marks the steps whose update was rejected.
+a stopping rule it is a `jax.lax.scan` (reverse-differentiable) over chunks of
+at most 64 steps (fewer when a trace row is wider than 8 bytes), each an inner
+`lax.scan` of the step, with the progress bar checked between chunks; a state
+that stops early (non-finite updates) is left unchanged by the remaining steps
+(`vi_jax.guards.is_active`). With a convergence criterion it is a
+`jax.lax.while_loop` that stops after the step at which the criterion fires.
+Either way the trace has `num_steps` rows, the first `num_steps_taken` real
+and the rest repeating the last real row (TFP's padding), and `skipped` marks
+the steps whose update was rejected.
+
+Why chunks: XLA:CPU runs a loop body's thunks one after another only when
+every buffer slice they use is at most 512 bytes
+(`vi_jax.step.SEQUENTIAL_BYTES`); otherwise it runs the body with its
+task-graph executor, which on a small target costs more than the step itself.
+A scan over more than 64 steps has [num_steps, 2] keys and [num_steps] trace
+rows over that size; a chunk's inner scan does not. Pinned to one core,
+sample_size 1, wall time per step over the bare gradient step
+(`benchmarks.step_ablation`): eight schools 1.47x as one scan -> 0.92x in
+chunks, banana 1.29x -> 0.69x; at sample_size 16 0.51x and 0.47x. The
+chunks cost ~0.2 s of compile on a first small fit (eight schools, 1000
+steps: 1.8 -> 2.0 s).
 """
 
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vi_jax._types import Array, PyTree
 from vi_jax.guards import is_active
+from vi_jax.step import SEQUENTIAL_BYTES
 from vi_jax.step import TraceableQuantities
 from vi_jax.step import VIState
 
@@ -53,51 +69,82 @@ def _trace_spec(trace_fn, state: VIState, loss: Array):
       trace_fn(fake))
 
 
-def _scan(body, state, xs, reporter, loss_of):
-  """`lax.scan(body, state, xs)`, in chunks of `reporter.every` steps with a
-  bar update between chunks when a reporter is given."""
-  if reporter is None:
-    return jax.lax.scan(body, state, xs)
-  num_steps, every = xs[0].shape[0], reporter.every
-  n_chunks, head = num_steps // every, num_steps // every * every
+# A chunk's [chunk, 2] keys and [chunk] trace rows are buffers of its inner
+# loop, kept under this (the module docstring says why), so a chunk is at most
+# 64 steps: eight schools, S = 1, chunks of 64 vs 72 steps: 1.25 vs 1.99 us a
+# step. A module constant so that `benchmarks.step_ablation` can lift it.
+_SEQUENTIAL_BYTES = SEQUENTIAL_BYTES
+
+
+def _chunk_length(num_steps: int, every: Optional[int], limit: int) -> int:
+  """Steps per chunk: at most `limit`, dividing `every` (the bar's update
+  granularity) when given, and `num_steps` (no remainder) when that leaves
+  chunks of at least 8 steps (or of `limit`)."""
+  spans = (num_steps,) if every is None else (math.gcd(num_steps, every),
+                                               every)
+  for span in spans:
+    k = max(d for d in range(1, min(span, limit) + 1) if span % d == 0)
+    if k >= min(span, limit, 8):
+      return k
+  return limit if every is None else every
+
+
+def _step_bytes(spec, loss0, keys) -> int:
+  """The widest per-step entry of the scan's inputs and outputs, in bytes."""
+  leaves = jax.tree_util.tree_leaves((spec, loss0, jax.eval_shape(
+      jax.random.key_data, keys[0])))
+  return max(int(np.prod(l.shape, dtype=np.int64)) * jnp.dtype(l.dtype).itemsize
+             for l in leaves)
+
+
+def _chunked(chunk, state, keys, length, reporter, loss_of):
+  """`chunk(state, keys) -> (state, rows)` over consecutive chunks of `length`
+  keys (an outer `lax.scan` when there are several), then over the remaining
+  keys; a bar check after each chunk when a reporter is given."""
+  num_steps = keys.shape[0]
+  n_chunks = num_steps // length
+  head = n_chunks * length
   parts = []
-  if n_chunks:
+  if n_chunks == 1 and reporter is None:
+    state, rows = chunk(state, keys[:head])
+    parts.append(rows)
+  elif n_chunks:
 
-    def chunk(carry, chunk_xs):
-      state, next_report = carry
-      state, ys = jax.lax.scan(body, state, chunk_xs)
-      next_report = reporter.maybe_report(chunk_xs[0][-1] + 1,
-                                          loss_of(ys)[-1], next_report)
-      return (state, next_report), ys
+    def outer(carry, chunk_keys):
+      state, end, next_report = carry
+      state, rows = chunk(state, chunk_keys)
+      if reporter is not None:
+        next_report = reporter.maybe_report(end, loss_of(rows)[-1],
+                                            next_report)
+      return (state, end + length, next_report), rows
 
-    (state, _), ys = jax.lax.scan(
-        chunk, (state, jnp.asarray(every, jnp.int32)),
-        jax.tree_util.tree_map(
-            lambda x: x[:head].reshape((n_chunks, every) + x.shape[1:]), xs))
+    start = (jnp.asarray(length, jnp.int32),
+             jnp.asarray(reporter.every if reporter else 0, jnp.int32))
+    (state, _, _), rows = jax.lax.scan(
+        outer, (state,) + start,
+        keys[:head].reshape((n_chunks, length) + keys.shape[1:]))
     parts.append(jax.tree_util.tree_map(
-        lambda y: y.reshape((head,) + y.shape[2:]), ys))
+        lambda y: y.reshape((head,) + y.shape[2:]), rows))
   if head < num_steps:
-    state, ys = jax.lax.scan(body, state,
-                             jax.tree_util.tree_map(lambda x: x[head:], xs))
-    parts.append(ys)
-  ys = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
+    state, rows = chunk(state, keys[head:])
+    parts.append(rows)
+  rows = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(
       lambda *a: jnp.concatenate(a), *parts)
-  return state, ys
+  return state, rows
 
 
 def _scan_loop(step, state, keys, data, trace_fn, trace_is_loss, reporter,
-               max_nonfinite):
-  num_steps = keys.shape[0]
+               max_nonfinite, length):
 
-  def body(state, i_key):
+  def body(state, key):
     active = is_active(state, max_nonfinite)
-    state, info = step(state, i_key[1], data)
+    state, info = step(state, key, data)
     return state, _Row(trace_fn(info), active, active & ~info.is_finite,
                        None if trace_is_loss else info.loss)
 
   loss_of = lambda row: row.trace if row.loss is None else row.loss
-  state, rows = _scan(body, state, (jnp.arange(num_steps, dtype=jnp.int32),
-                                    keys), reporter, loss_of)
+  state, rows = _chunked(lambda state, keys: jax.lax.scan(body, state, keys),
+                         state, keys, length, reporter, loss_of)
   taken = jnp.sum(rows.active.astype(jnp.int32)).astype(jnp.int32)
   last = loss_of(rows)[jnp.maximum(taken - 1, 0)]
   return state, rows.trace, taken, last, rows.skipped
@@ -176,8 +223,11 @@ def run(step: Callable, state: VIState, keys: Array, data: Any, *,
     if stops_early:
       return _while_loop(step, state, keys, data, trace_fn, reporter,
                          max_nonfinite, loss0, spec)
+    length = _chunk_length(
+        num_steps, None if reporter is None else reporter.every,
+        max(1, _SEQUENTIAL_BYTES // _step_bytes(spec, loss0, keys)))
     return _scan_loop(step, state, keys, data, trace_fn, trace_is_loss,
-                      reporter, max_nonfinite)
+                      reporter, max_nonfinite, length)
 
   def skip(state):
     return (state, _zeros(spec, num_steps), jnp.zeros((), jnp.int32), loss0,

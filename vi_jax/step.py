@@ -26,6 +26,14 @@ from vi_jax._types import Array, Params, PRNGKey, PyTree
 
 __all__ = ["StepFn", "TraceableQuantities", "VIState", "core_step"]
 
+# XLA:CPU runs a loop body's thunks one after another, without its task-graph
+# executor, when every buffer slice they use is at most this many bytes
+# (`ThunkExecutorOptions.execute_sequential_buffer_threshold`, in
+# xla/backends/cpu/runtime/thunk_executor.h). On a small target the task
+# graph costs more than the step, so the loop (`vi_jax.loop`) and the guard
+# (`vi_jax.guards`) keep their own buffers under it.
+SEQUENTIAL_BYTES = 512
+
 
 class VIState(NamedTuple):
   """The whole loop state (a pytree of arrays; checkpointable, resumable).
