@@ -82,19 +82,25 @@ NOTES = """\
      `vi_jax._rng` now materializes the bits (a conditional): eight schools
      S = 16 0.95x -> 0.55x the kernel, breast cancer 1.02x -> 0.97x (one
      process pinned to one core, methods interleaved).
-  6. The non-finite guard is what costs on tiny targets: pinned to one core,
-     `python -m benchmarks.step_ablation --target eight_schools
-     --sample-size 1` gives vi_jax 1.70x the kernel with the guard and 1.16-
-     1.21x without it (either `materialize` or the one-draw path: at most
-     8 %). Its accept-or-keep is now one conditional instead of a select per
-     leaf of the params and Adam's state, and its finiteness check one
-     reduction over all leaves (`sum(0 * x)` is NaN when any x is not
-     finite) instead of one per leaf: eight schools 1.70x -> 1.58x -> 1.48-
-     1.50x, banana 1.56x -> 1.41x -> 1.27-1.30x (Blackjax 1.43-1.49x and
-     1.43-1.47x in the same runs); breast cancer S = 16 unchanged (0.97x).
-     The tables above were measured before these two changes. What is left
-     (1.5x against 1.2x without any guard) is the counters and the
-     conditional, which split the loop body into more small XLA:CPU kernels.
+  6. Tiny targets (S = 1): XLA:CPU runs a loop body op by op, without its
+     task-graph executor, only when every buffer the loop touches is at
+     most 512 bytes (`ThunkExecutor`'s sequential threshold); a scan over
+     all `[num_steps, 2]` keys and `[num_steps]` trace rows is not, and
+     paid about 0.7 us a step. vi_jax's loop now scans in chunks of at most
+     64 steps (`vi_jax.loop`). The non-finite guard's accept-or-keep is one
+     conditional, its finiteness check one reduction per 512 bytes of
+     leaves. Pinned to one core, `python -m benchmarks.step_ablation
+     --target eight_schools --sample-size 1 --variants
+     full,no-guard,one-chunk`: eight schools 1.47x the kernel in one chunk
+     -> 0.92x in chunks, 0.75x without the guard; banana 1.29x -> 0.69x,
+     0.18x without the guard (XLA:CPU compiles a small loop with no
+     conditional into one kernel). The kernel run in the same chunks
+     (`bare kernel (chunked)`) is 0.61x / 0.52x the plain kernel, so
+     against it vi_jax is 1.50x and 1.33x at S = 1: the guard's conditional
+     and counters are what is left. An optimistic variant (chunks without
+     the guard, replayed with it when one of their updates was not finite)
+     measured 0.86x / 0.20x but added 0.5 s to every first compile of a
+     small fit (2.0 -> 2.4 s); not kept.
 - What is left is the loss value itself on data-heavy targets. The log
   density of a logistic likelihood needs `softplus(logits)` over every data
   row; its gradient needs only `sigmoid(logits)`, and without the value XLA
