@@ -1,5 +1,6 @@
 """The compile cache: a second identical top-level vi.fit compiles nothing."""
 
+import chex
 import distrax
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import numpy as np
 import optax
 
 import vi_jax as vi
+from vi_jax import compile_cache
 
 def log_prob(z):  # Normal-Normal: posterior N(2.5, 1/2) for x = 5
   return distrax.Normal(0., 1.).log_prob(z) + distrax.Normal(z, 1.).log_prob(5.)
@@ -63,3 +65,26 @@ def test_cached_program_follows_new_data_shapes():
     posterior_mean = n * mean / (n + 0.01)
     np.testing.assert_allclose(float(r.params["loc"][0]), posterior_mean,
                                atol=0.1)
+
+
+def test_jit_once_top_level_nested_and_vmapped_agree_with_plain_jit():
+  # Compiler options are allowed on top-level jits only: jit_once must also
+  # run nested in a staged program (outer jit, scan) and under vmap / grad.
+  f = lambda x: jnp.sum(jnp.sin(x) * x)
+  once = compile_cache.jit_once(f)
+  x = jnp.linspace(0., 1., 5)
+  expected = jax.jit(f)(x)
+  chex.assert_trees_all_close(once(x), expected, rtol=1e-6)
+  chex.assert_trees_all_close(jax.jit(once)(x), expected, rtol=1e-6)
+  chex.assert_trees_all_close(
+      jax.lax.scan(lambda c, xi: (c + once(xi), None), 0., x[None])[0],
+      expected, rtol=1e-6)
+  chex.assert_trees_all_close(jax.vmap(once)(x[None])[0], expected, rtol=1e-6)
+  chex.assert_trees_all_close(jax.grad(once)(x), jax.grad(f)(x), rtol=1e-6)
+
+
+def test_jit_once_under_grad_of_an_array_it_closes_over():
+  x = jnp.linspace(0., 1., 5)
+  g = lambda a: compile_cache.jit_once(lambda y: jnp.sum(jnp.sin(a * y)))(x)
+  chex.assert_trees_all_close(
+      jax.grad(g)(2.), jnp.sum(x * jnp.cos(2. * x)), rtol=1e-5)

@@ -32,6 +32,7 @@ from vi_jax.surrogates import full_rank
 from vi_jax.surrogates import low_rank
 from vi_jax.surrogates import mean_field
 from vi_jax.verdict import StageRecord
+from vi_jax.compile_cache import jit_once
 
 LOW_RANK_ABOVE = 200  # full_rank becomes low_rank_normal above this many dims
 FLOW_LEARNING_RATE = 5e-3  # the flow's peak Adam step size (whitened space)
@@ -193,7 +194,7 @@ def _stage_program(target_log_prob_fn, event_shape, bijector, rung: _Rung,
     params, elbo, k_hat, evals, mean, sd = jax.vmap(one)(params0, fit_keys)
     return _StageOut(params, elbo, k_hat, evals, *verdict.agreement(mean, sd))
 
-  return jax.jit(run)
+  return jit_once(run)
 
 
 _PROGRAMS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
@@ -259,7 +260,7 @@ def _laplace_program(target_log_prob_fn, event_shape, bijector,
     return _StageOut(params, elbo, k_hat, evals,
                      *verdict.agreement(mean, sd)), converged
 
-  return jax.jit(run)
+  return jit_once(run)
 
 
 def laplace_stage(target_log_prob_fn, event_shape, bijector, config, key,

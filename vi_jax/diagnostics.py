@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from vi_jax._types import Array, ArrayLike, Params, PRNGKey, PyTree
 from vi_jax.losses import target_log_prob_batched
 from vi_jax.surrogates.base import check_sample_size
+from vi_jax.compile_cache import jit_once
 
 __all__ = [
     "PSISResult",
@@ -371,13 +372,13 @@ def _cached_jit(fn, *static):
   try:
     hash(static)
   except TypeError:
-    return jax.jit(functools.partial(fn, *static))
+    return jit_once(functools.partial(fn, *static))
   return functools.partial(_static_jit(fn, len(static)), *static)
 
 
 @functools.lru_cache(maxsize=None)
 def _static_jit(fn, num_static):
-  return jax.jit(fn, static_argnums=tuple(range(num_static)))
+  return jit_once(fn, static_argnums=tuple(range(num_static)))
 
 
 def diagnose(target_log_prob_fn, surrogate, params: Params, key: PRNGKey,

@@ -29,6 +29,7 @@ from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 from vi_jax import _validation as vv
 from vi_jax._lbfgs import lbfgs_step
 from vi_jax.target import call_target, check_target
+from vi_jax.compile_cache import jit_once
 
 __all__ = ["PathfinderResult", "pathfinder"]
 
@@ -308,7 +309,7 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
 @functools.lru_cache(maxsize=64)
 def _compiled(target_log_prob_fn, space_key, settings, num_paths, num_draws):
   space = bij_lib.latent_space(*space_from_key(space_key))
-  return jax.jit(functools.partial(_run, target_log_prob_fn, space, settings,
+  return jit_once(functools.partial(_run, target_log_prob_fn, space, settings,
                                    num_paths, num_draws))
 
 
@@ -419,7 +420,7 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
     run = _compiled(target_log_prob_fn, space_key(space, bijector), settings,
                     ints["num_paths"], ints["num_draws"])
   except TypeError:
-    run = jax.jit(functools.partial(_run, target_log_prob_fn, space, settings,
+    run = jit_once(functools.partial(_run, target_log_prob_fn, space, settings,
                                     ints["num_paths"], ints["num_draws"]))
   loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
       jnp.asarray(init_radius, dtype), loc0, key)
