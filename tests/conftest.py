@@ -15,6 +15,20 @@ import pytest  # noqa: E402
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
+# Files whose tests take longest (notebooks, the quick benchmark run, the
+# two-process fit, auto_fit): run first, so that `pytest -n 2` does not end
+# with one worker on a two-minute test while the other idles.
+_SLOW_FILES = ("test_notebooks.py", "test_benchmarks.py",
+               "test_multiprocess.py", "test_auto_fit.py", "test_flows.py",
+               "test_pathfinder.py")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return _SLOW_FILES.index(name) if name in _SLOW_FILES else len(_SLOW_FILES)
+  items.sort(key=rank)  # stable: the order within a file is kept
+
 
 @contextlib.contextmanager
 def _count_compiles():
