@@ -518,11 +518,12 @@ def _merge(paths, no_write) -> list:
 
   rows.sort(key=rank)
   return _write(
-      rows, "Two runs at once, each pinned to one core: `taskset -c 1 python "
-      "-m benchmarks.auto_accuracy --methods pathfinder,stochastic,nuts "
-      "--json peers.json` and `taskset -c 0 python -m "
-      "benchmarks.auto_accuracy --methods auto_fit --json auto.json`, "
-      f"merged by `--merge {','.join(paths)}`", no_write)
+      rows, "Rows of separate runs, each pinned to one core (`taskset -c N "
+      "python -m benchmarks.auto_accuracy --methods pathfinder,stochastic,"
+      "nuts --json peers.json`; `... --methods auto_fit --json auto.json`, "
+      "rerun when auto_fit changes; the peers' code is the same in both), "
+      f"merged by `--merge {','.join(paths)}`; the date below is the "
+      "merge's", no_write)
 
 
 def _write(rows, how: str, no_write: bool) -> list:
