@@ -522,7 +522,7 @@ def _merge(paths, no_write) -> list:
       "python -m benchmarks.auto_accuracy --methods pathfinder,stochastic,"
       "nuts --json peers.json`; `... --methods auto_fit --json auto.json`, "
       "rerun when auto_fit changes; the peers' code is the same in both), "
-      f"merged by `--merge {','.join(paths)}`; the date below is the "
+      f"merged by `--merge {','.join(paths)}`; the date and machine below are the "
       "merge's", no_write)
 
 
