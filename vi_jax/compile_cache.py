@@ -87,7 +87,24 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
   compile time is most of their wall time. Under a transformation (an outer
   `jax.jit`, `lax.scan`, `vmap`, `grad`, also of arrays `fn` closes over) it
   is a plain `jax.jit` (JAX takes compiler options on top-level jits only;
-  the outer program's apply)."""
+  the outer program's apply).
+
+  Args:
+    fn: the function to compile; any pytree of arrays in and out (shapes and
+      dtypes as `fn` defines them).
+    **jit_kwargs: passed to both `jax.jit`s (e.g. `static_argnums`).
+
+  Returns:
+    A function with `fn`'s signature and results.
+
+  Raises:
+    Whatever `fn` or `jax.jit` raise; the ValueError JAX raises for compiler
+    options on a staged jit is caught and the plain jit used instead.
+
+  References:
+    `jax.jit(..., compiler_options=...)`; XLA's DebugOptions
+    `xla_backend_optimization_level`.
+  """
   plain = jax.jit(fn, **jit_kwargs)
   once = jax.jit(fn, compiler_options=ONCE_OPTIONS, **jit_kwargs)
 

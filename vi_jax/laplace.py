@@ -155,7 +155,7 @@ def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
 def _compiled(target_log_prob_fn, skey, max_iterations):
   space = bij_lib.latent_space(*space_from_key(skey))
   return jit_once(functools.partial(map_and_hessian, target_log_prob_fn, space,
-                                   max_iterations))
+                                    max_iterations))
 
 
 def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
@@ -213,7 +213,7 @@ def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
                     max_iterations)
   except TypeError:
     run = jit_once(functools.partial(map_and_hessian, target_log_prob_fn, space,
-                                    max_iterations))
+                                     max_iterations))
   loc, scale_tril, converged, evals = run(x0)
   return LaplaceResult(
       surrogate=full_rank_normal(event_shape, bijector, dtype=dtype),

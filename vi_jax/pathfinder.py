@@ -310,7 +310,7 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
 def _compiled(target_log_prob_fn, space_key, settings, num_paths, num_draws):
   space = bij_lib.latent_space(*space_from_key(space_key))
   return jit_once(functools.partial(_run, target_log_prob_fn, space, settings,
-                                   num_paths, num_draws))
+                                    num_paths, num_draws))
 
 
 def space_key(space: bij_lib.LatentSpace, bijector):
@@ -421,7 +421,7 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
                     ints["num_paths"], ints["num_draws"])
   except TypeError:
     run = jit_once(functools.partial(_run, target_log_prob_fn, space, settings,
-                                    ints["num_paths"], ints["num_draws"]))
+                                     ints["num_paths"], ints["num_draws"]))
   loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
       jnp.asarray(init_radius, dtype), loc0, key)
   surrogate = full_rank_normal(event_shape, bijector, dtype=dtype)
