@@ -3,10 +3,11 @@
     python -m benchmarks.auto_accuracy [--targets eight_schools,banana] [--quick]
         [--standin] [--no-write] [--methods auto_fit,pathfinder,stochastic,nuts]
         [--json rows.json]
-    python -m benchmarks.auto_accuracy --merge peers.json,auto.json
+    python -m benchmarks.auto_accuracy --merge a.json,b.json
 
-`--methods` runs a subset (rows to `--json`); `--merge` writes the table of
-several such runs (e.g. the peers and vi_jax run on two cores at once).
+`--methods` runs a subset; `--json` writes the rows to a file (not
+RESULTS.md); `--merge` writes the table of several such runs (RESULTS.md:
+two runs at once on the two cores, each with its half of the targets).
 
 "Right" (issue 12's acceptance): from 4000 draws of the fitted posterior,
 pushed into the latents' support (`benchmarks.auto_targets`), every mean is
@@ -505,7 +506,10 @@ def _merge(paths, no_write) -> list:
   for path in paths:
     with open(path) as f:
       rows += [Row(*r) for r in json.load(f)]
-  titles = list(dict.fromkeys(r.target for r in rows))  # first appearance
+  # auto_targets' order, then any other target in order of appearance
+  titles = list(dict.fromkeys(
+      [t for t in auto_targets.TARGETS if t in {r.target for r in rows}] +
+      [r.target for r in rows]))
   order = {"vi_jax": 0, "Blackjax pathfinder": 1, "Blackjax multi": 2,
            "Blackjax": 3, "NumPyro AutoNormal": 4, "NumPyro Auto": 5,
            "NumPyro NUTS": 6}
@@ -518,11 +522,11 @@ def _merge(paths, no_write) -> list:
 
   rows.sort(key=rank)
   return _write(
-      rows, "Rows of separate runs, each pinned to one core (`taskset -c N "
-      "python -m benchmarks.auto_accuracy --methods pathfinder,stochastic,"
-      "nuts --json peers.json`; `... --methods auto_fit --json auto.json`, "
-      "rerun when auto_fit changes; the peers' code is the same in both), "
-      f"merged by `--merge {','.join(paths)}`; the date and machine below are the "
+      rows, "Two runs at once, each pinned to one core and running every "
+      "method on its targets, one target after another (`taskset -c N "
+      "python -m benchmarks.auto_accuracy --targets ... --json FILE`; the "
+      "targets of each are in its file), merged by "
+      f"`--merge {','.join(paths)}`; the date and machine below are the "
       "merge's", no_write)
 
 
