@@ -15,6 +15,11 @@ Variants (comma-separated):
   no-guard             `vi.fit(..., skip_nonfinite=False,
                        max_consecutive_nonfinite=None)`: no non-finite checks
                        or selects
+  guard-check-only     the guard checks finiteness and counts, but never
+                       rejects (`vi_jax.guards._select` keeps the proposal):
+                       what its conditional costs
+  guard-select-only    the guard's conditional without the finiteness check
+                       (`vi_jax.guards.all_finite` always True)
   one-chunk            the scan not split into short chunks
                        (`vi_jax.loop._SEQUENTIAL_BYTES` unbounded): XLA:CPU
                        runs the loop body with its task-graph executor
@@ -37,8 +42,10 @@ import optax
 
 from benchmarks import common
 from benchmarks import peers
+from benchmarks import step_cost
 
-VARIANTS = ("full", "no-guard", "one-chunk", "no-base-materialize",
+VARIANTS = ("full", "no-guard", "guard-check-only", "guard-select-only",
+            "one-chunk", "no-base-materialize",
             "no-target-materialize", "no-bits-once", "vmap-one-draw")
 
 
@@ -55,9 +62,9 @@ def _replaced(module, name, value):
 def _patch(variant):
   """A context manager that turns one engine piece off while tracing."""
   # The modules (`vi_jax.fit` the function shadows its module on the package).
-  rng, fit, base, target, loop = (
+  rng, fit, base, target, loop, guards = (
       importlib.import_module(f"vi_jax.{m}")
-      for m in ("_rng", "fit", "surrogates.base", "target", "loop"))
+      for m in ("_rng", "fit", "surrogates.base", "target", "loop", "guards"))
   identity = lambda x: x
   if variant == "no-guard":
     guard = fit.with_nonfinite_guard
@@ -65,6 +72,11 @@ def _patch(variant):
                      lambda inner, *, gated, **_: guard(
                          inner, skip_nonfinite=False,
                          max_consecutive_nonfinite=None, gated=gated))
+  if variant == "guard-check-only":
+    return _replaced(guards, "_select", lambda pred, new, old: new)
+  if variant == "guard-select-only":
+    return _replaced(guards, "all_finite", lambda *trees: jax.numpy.ones(
+        (), bool))
   if variant == "one-chunk":
     return _replaced(loop, "_SEQUENTIAL_BYTES", 2**62)
   if variant == "no-base-materialize":
@@ -93,6 +105,9 @@ def main(argv=None):
   fns = {
       "kernel": common.bare_kernel(target.unconstrained_log_prob, target.dim,
                                    optimizer, s, target.steps, params),
+      "kernel (chunked)": common.bare_kernel(
+          target.unconstrained_log_prob, target.dim, optimizer, s,
+          target.steps, params, chunk=step_cost.KERNEL_CHUNK),
       "kernel + loss": common.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s,
           target.steps, params, with_loss=True),
@@ -111,11 +126,14 @@ def main(argv=None):
   runs = common.time_interleaved(compiled, (key,), args.repeats, {}, cpu,
                                  budget_s=30.)
   wall0, cpu0 = min(runs["kernel"]), min(cpu["kernel"])
+  chunked0 = min(runs["kernel (chunked)"])
   print(f"{target.name}, S = {s}, {target.steps} steps, min of "
-        f"{args.repeats}:")
+        f"{args.repeats}; wall and CPU time over the kernel's, wall over "
+        "the chunked kernel's:")
   for name in compiled:
     print(f"  {name:<30} {1e6 * min(runs[name]) / target.steps:8.3f} us/step"
-          f"  wall {min(runs[name]) / wall0:.3f}  CPU {min(cpu[name]) / cpu0:.3f}")
+          f"  wall {min(runs[name]) / wall0:.3f}  CPU {min(cpu[name]) / cpu0:.3f}"
+          f"  chunked {min(runs[name]) / chunked0:.3f}")
 
 
 if __name__ == "__main__":
