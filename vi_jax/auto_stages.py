@@ -438,7 +438,7 @@ def refine_k_hat(target_log_prob_fn, record: StageRecord, surrogate, params,
   k-hat from S draws has a standard error of about (1 + k) / sqrt(3 sqrt(S))
   (0.08 at S = 16,000 and k = 0.6, 0.06 at 64,000). Within `REFINE_WINDOW`
   of `PSIS_USABLE`, one estimate decides a coin-flip: the flow auto_fit
-  returns on Neal's funnel read 0.65 to 0.91 from eight sets of 16,000
+  returns on Neal's funnel read 0.64 to 0.91 from eight sets of 16,000
   draws, 0.77 to 0.99 from 64,000; eight schools' flow 0.49 to 0.77 and
   0.57 to 0.75 (0.58 to 0.68 from 128,000). So the returned fit's k-hat is
   then estimated again from `REFINE_FACTOR * num_draws` fresh draws (one
