@@ -88,3 +88,13 @@ def test_jit_once_under_grad_of_an_array_it_closes_over():
   g = lambda a: compile_cache.jit_once(lambda y: jnp.sum(jnp.sin(a * y)))(x)
   chex.assert_trees_all_close(
       jax.grad(g)(2.), jnp.sum(x * jnp.cos(2. * x)), rtol=1e-5)
+
+
+def test_jit_once_falls_back_to_the_plain_jit_for_an_option_xla_lacks(
+    monkeypatch):
+  # A JAX whose XLA does not know one of ONCE_OPTIONS must still run.
+  monkeypatch.setitem(compile_cache.ONCE_OPTIONS, "xla_no_such_option", True)
+  f = lambda x: jnp.sum(jnp.cos(x) ** 2)
+  x = jnp.linspace(0., 1., 7)
+  chex.assert_trees_all_close(compile_cache.jit_once(f)(x), jax.jit(f)(x),
+                              rtol=1e-6)
