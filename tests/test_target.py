@@ -1,10 +1,13 @@
 """The fused value-and-gradient target wrapper against plain autodiff."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vi_jax import target
+
+target_module = target  # the tests below name their densities `target`
 
 
 def test_fused_gradient_equals_closed_form_and_is_twice_differentiable():
@@ -68,3 +71,26 @@ def test_bound_target_calling_rule_and_model_params_gradient():
   grad = jax.grad(lambda w: jnp.sum(target.batched_target(
       target.BoundTarget(f, {"w": w}, 10.))(z)))(2.)
   np.testing.assert_allclose(float(grad), 6.)
+
+
+def test_traced_once_traces_the_target_once_per_shape_and_keeps_its_values():
+  calls = []
+
+  def target(x):
+    calls.append(x.shape)
+    return -0.5 * jnp.sum(x ** 2) + jnp.sum(jnp.sin(x))
+
+  once = target_module.traced_once(target)
+
+  def program(x):  # three call sites, as in L-BFGS + Hessian + evaluation
+    value, grad = jax.value_and_grad(once)(x)
+    hess = jax.hessian(once)(x)
+    batch = jax.vmap(once)(jnp.stack([x, 2. * x]))
+    return value, grad, hess, batch
+
+  x = jnp.linspace(-1., 1., 4)
+  got = jax.jit(program)(x)
+  assert calls == [(4,)]  # the plain target would be traced three times
+  expected = (target(x), jax.grad(target)(x), jax.hessian(target)(x),
+              jnp.stack([target(x), target(2. * x)]))
+  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)

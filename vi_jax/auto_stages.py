@@ -27,6 +27,7 @@ from vi_jax._types import Array, Params
 from vi_jax.losses import negative_elbo
 from vi_jax.losses import target_log_prob_batched
 from vi_jax.surrogates import Surrogate
+from vi_jax.target import traced_once
 from vi_jax.surrogates import flows
 from vi_jax.surrogates import full_rank
 from vi_jax.surrogates import low_rank
@@ -226,6 +227,7 @@ def _frozen(tree, is_leaf) -> Optional[tuple]:
 
 
 def _program(target_log_prob_fn, event_shape, bijector, rung, *args):
+  target_log_prob_fn = traced_once(target_log_prob_fn)
   if rung == "laplace":
     return _laplace_program(target_log_prob_fn, event_shape, bijector, *args)
   return _stage_program(target_log_prob_fn, event_shape, bijector, rung,

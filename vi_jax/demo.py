@@ -190,31 +190,28 @@ def main(argv=None):
   print("|" + "|".join("-" * (len(c)) for c in HEADER.split("|")[1:-1]) + "|")
   families = [] if args.no_adam else ["mean-field", "full-rank"]
 
-  def target_rows(t, keys):
-    return [run_auto(t, keys[0], args.flow_budget)] + [
-        run_adam(t, family, args.steps, args.sample_size, k)
-        for family, k in zip(families, keys[1:])]
-
-  jobs = []
-  for t in targets():
-    keys = []
-    for _ in range(1 + len(families)):
+  jobs = []  # (target index, fit): every fit is one job
+  for i, t in enumerate(targets()):
+    for family in ["auto"] + families:
       key, sub = jax.random.split(key)
-      keys.append(sub)
-    jobs.append((t, keys))
+      jobs.append((i, t, family, sub))
+  run = lambda t, family, k: (run_auto(t, k, args.flow_budget) if
+                              family == "auto" else
+                              run_adam(t, family, args.steps,
+                                       args.sample_size, k))
+  # Two fits at a time (most of a fit's wall time is XLA compiling its
+  # programs, which keeps one core busy): the auto_fits first, the largest
+  # target first, so that the short fits fill in; rows print in order.
+  order = sorted(range(len(jobs)),
+                 key=lambda j: (jobs[j][2] != "auto", -jobs[j][0]))
   rows = []
   t_start = time.perf_counter()
-  # Two targets at a time (most of a fit's wall time is XLA compiling its
-  # programs, which leaves one of two cores idle); rows print in the
-  # targets' order.
   with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=2) as pool:
     warnings.simplefilter("ignore")  # the verdict is in the row
-    # The largest target (last) first, so that the small ones fill in.
-    futures = [pool.submit(target_rows, *job) for job in jobs[::-1]][::-1]
-    for future in futures:
-      for row in future.result():
-        rows.append(row)
-        print(format_row(row), flush=True)
+    futures = {j: pool.submit(run, *jobs[j][1:]) for j in order}
+    for j in range(len(jobs)):
+      rows.append(futures[j].result())
+      print(format_row(rows[-1]), flush=True)
   print(f"\n{COLUMNS}")
   print(f"total wall time {time.perf_counter() - t_start:.1f} s")
   return rows

@@ -23,6 +23,7 @@ from vi_jax.pathfinder import (check_target_on_space, flat_log_density, space_ke
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 from vi_jax.compile_cache import jit_once
+from vi_jax.target import traced_once
 
 __all__ = ["LaplaceResult", "laplace"]
 
@@ -154,8 +155,8 @@ def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
 @functools.lru_cache(maxsize=64)
 def _compiled(target_log_prob_fn, skey, max_iterations):
   space = bij_lib.latent_space(*space_from_key(skey))
-  return jit_once(functools.partial(map_and_hessian, target_log_prob_fn, space,
-                                    max_iterations))
+  return jit_once(functools.partial(
+      map_and_hessian, traced_once(target_log_prob_fn), space, max_iterations))
 
 
 def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
@@ -212,8 +213,9 @@ def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
     run = _compiled(target_log_prob_fn, space_key(space, bijector),
                     max_iterations)
   except TypeError:
-    run = jit_once(functools.partial(map_and_hessian, target_log_prob_fn, space,
-                                     max_iterations))
+    run = jit_once(functools.partial(
+        map_and_hessian, traced_once(target_log_prob_fn), space,
+        max_iterations))
   loc, scale_tril, converged, evals = run(x0)
   return LaplaceResult(
       surrogate=full_rank_normal(event_shape, bijector, dtype=dtype),

@@ -28,7 +28,7 @@ from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 from vi_jax import _validation as vv
 from vi_jax._lbfgs import lbfgs_step
-from vi_jax.target import call_target, check_target
+from vi_jax.target import call_target, check_target, traced_once
 from vi_jax.compile_cache import jit_once
 
 __all__ = ["PathfinderResult", "pathfinder"]
@@ -309,8 +309,8 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
 @functools.lru_cache(maxsize=64)
 def _compiled(target_log_prob_fn, space_key, settings, num_paths, num_draws):
   space = bij_lib.latent_space(*space_from_key(space_key))
-  return jit_once(functools.partial(_run, target_log_prob_fn, space, settings,
-                                    num_paths, num_draws))
+  return jit_once(functools.partial(_run, traced_once(target_log_prob_fn),
+                                    space, settings, num_paths, num_draws))
 
 
 def space_key(space: bij_lib.LatentSpace, bijector):
@@ -420,7 +420,8 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
     run = _compiled(target_log_prob_fn, space_key(space, bijector), settings,
                     ints["num_paths"], ints["num_draws"])
   except TypeError:
-    run = jit_once(functools.partial(_run, target_log_prob_fn, space, settings,
+    run = jit_once(functools.partial(_run, traced_once(target_log_prob_fn),
+                                     space, settings,
                                      ints["num_paths"], ints["num_draws"]))
   loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
       jnp.asarray(init_radius, dtype), loc0, key)
