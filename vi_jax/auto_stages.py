@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vi_jax import bijectors as bij_lib
@@ -210,6 +211,27 @@ def _stage_program(target_log_prob_fn, event_shape, bijector, rung: _Rung,
   return jit_once(run)
 
 
+def _init_program(event_shape, bijector, rung: _Rung, config: Config):
+  """The jitted `(loc, scale_tril, fit_keys [R]) -> params [R]`: the
+  whitened family's initial params, one per restart (one small program in
+  place of the many small ones its ops would compile one by one)."""
+
+  def run(loc, scale_tril, fit_keys):
+    surrogate = _whitened(rung, config, event_shape, bijector, loc,
+                          scale_tril)
+    return jax.vmap(lambda k: surrogate.init(jax.random.fold_in(k, 1)))(
+        fit_keys)
+
+  return jit_once(run)
+
+
+def _take(tree, i: int):
+  """Entry `i` of every leaf's leading axis, indexed on the host (no XLA
+  program per leaf shape)."""
+  return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)[i]),
+                                tree)
+
+
 _PROGRAMS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
 _MAX_PROGRAMS = 32
 
@@ -227,6 +249,8 @@ def _frozen(tree, is_leaf) -> Optional[tuple]:
 
 
 def _program(target_log_prob_fn, event_shape, bijector, rung, *args):
+  if rung == "init":
+    return _init_program(event_shape, bijector, *args)
   target_log_prob_fn = traced_once(target_log_prob_fn)
   if rung == "laplace":
     return _laplace_program(target_log_prob_fn, event_shape, bijector, *args)
@@ -308,8 +332,7 @@ def laplace_stage(target_log_prob_fn, event_shape, bijector, config, key,
                    judged.num_grad_evals, t0, note)
   surrogate = full_rank.full_rank_normal(event_shape, bijector,
                                          dtype=config.dtype)
-  return record, surrogate, jax.tree_util.tree_map(
-      lambda x: x[judged.best], out.params)
+  return record, surrogate, _take(out.params, judged.best)
 
 
 class _Judged(NamedTuple):
@@ -379,7 +402,8 @@ def _fixed_draws(rung, config, surrogate, params0) -> int:
   if rung.fitter != "dadvi":
     return 0
   m_min = dadvi_lib.min_fixed_draws(
-      surrogate, jax.tree_util.tree_map(lambda x: x[0], params0))
+      surrogate, jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), params0))
   return max(config.dadvi_draws, m_min,
              min(DRAWS_FACTOR * (m_min - 1), config.max_dadvi_draws))
 
@@ -398,8 +422,8 @@ def run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
   surrogate = _whitened(rung, config, event_shape, bijector, loc, scale_tril)
   fit_key, eval_key = jax.random.split(key)
   fit_keys = jax.random.split(fit_key, num_restarts)
-  params = jax.vmap(surrogate.init)(jax.vmap(
-      lambda k: jax.random.fold_in(k, 1))(fit_keys))
+  params = _cached_program(target_log_prob_fn, event_shape, bijector, "init",
+                           rung, config)(loc, scale_tril, fit_keys)
   m, evals, grown = _fixed_draws(rung, config, surrogate, params), 0, False
   threshold = _threshold(config)
   while True:
@@ -423,8 +447,7 @@ def run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
                           f"{FLOW_SAMPLE_SIZE} draws]")
   record = _record(rung.family, rung.method, judged, threshold, evals, t0,
                    note)
-  return record, surrogate, jax.tree_util.tree_map(lambda x: x[judged.best],
-                                                   params)
+  return record, surrogate, _take(params, judged.best)
 
 
 def _k_hat(target_log_prob_fn, surrogate, num_draws, params, key):

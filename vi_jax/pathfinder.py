@@ -302,8 +302,9 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
   best_one = jax.tree_util.tree_map(lambda leaf: leaf[top], best)
   scale_tril = _scale_tril(best_one)
   num_density = jnp.sum(density_evals) + num_paths * num_draws
-  return (best_one.mu, scale_tril, elbo, draws, smoothed.pareto_k,
-          jnp.sum(evals).astype(jnp.int32), num_density.astype(jnp.int32))
+  return (full_rank_params(best_one.mu, scale_tril), best_one.mu, scale_tril,
+          elbo, draws, smoothed.pareto_k, jnp.sum(evals).astype(jnp.int32),
+          num_density.astype(jnp.int32))
 
 
 @functools.lru_cache(maxsize=64)
@@ -423,10 +424,10 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
     run = jit_once(functools.partial(_run, traced_once(target_log_prob_fn),
                                      space, settings,
                                      ints["num_paths"], ints["num_draws"]))
-  loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
+  params, loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
       jnp.asarray(init_radius, dtype), loc0, key)
   surrogate = full_rank_normal(event_shape, bijector, dtype=dtype)
   return PathfinderResult(
-      surrogate=surrogate, params=full_rank_params(loc, scale_tril), loc=loc,
+      surrogate=surrogate, params=params, loc=loc,
       scale_tril=scale_tril, elbo=elbo, draws=draws, k_hat=k_hat,
       num_grad_evals=evals, num_density_evals=density_evals)
