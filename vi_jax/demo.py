@@ -18,10 +18,10 @@ whitened family ladder, PSIS k-hat and agreement verdict; its flow budget,
 0.05, S draws per step, N steps) with a mean-field and a full-rank Gaussian
 in the unconstrained space of the target's `default_event_space_bijector`.
 
-Two targets are fitted at a time, in two threads: most of a fit's wall time
-is XLA compiling its programs, and one compilation keeps about one core busy
-(2 cores, demo wall time 131 s one target at a time, 112 s two at a time).
-Rows print in the targets' order.
+Two fits run at a time, in two threads (the auto_fits first, the largest
+target first): most of a fit's wall time is XLA compiling its programs, and
+one compilation keeps about one core busy (2 cores: about 90 s in all, 158 s
+of CPU time). Rows print in the targets' order.
 """
 
 import argparse
@@ -51,8 +51,8 @@ COLUMNS = """columns:
                fits); '-' for Adam, which gives none
   grad evals   target-gradient evaluations (Adam: steps x draws per step)
   wall s       wall time of the whole fit, compilation included; the demo
-               fits two targets at a time (threads), so a fit shares the
-               cores with the other target's fits
+               runs two fits at a time (threads), so a fit shares the
+               cores with another
   pass         PASS when dmean/sd <= 0.1 and every sd ratio is in
                [0.9, 1.1]; FAIL otherwise. A reliable=no row that FAILs is
                an honest answer; reliable=yes with FAIL would be a bug.
