@@ -28,11 +28,11 @@ from vi_jax._types import Array, Params
 from vi_jax.losses import negative_elbo
 from vi_jax.losses import target_log_prob_batched
 from vi_jax.surrogates import Surrogate
-from vi_jax.target import traced_once
 from vi_jax.surrogates import flows
 from vi_jax.surrogates import full_rank
 from vi_jax.surrogates import low_rank
 from vi_jax.surrogates import mean_field
+from vi_jax.target import traced_once
 from vi_jax.verdict import StageRecord
 from vi_jax.compile_cache import jit_once
 

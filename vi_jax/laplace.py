@@ -152,11 +152,16 @@ def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
   return loc, scale_tril, converged, state.num_evals + dim + 1
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(target_log_prob_fn, skey, max_iterations):
-  space = bij_lib.latent_space(*space_from_key(skey))
+def _program(target_log_prob_fn, space, max_iterations):
+  """The jitted `x0 -> map_and_hessian(...)` (the target traced once)."""
   return jit_once(functools.partial(
       map_and_hessian, traced_once(target_log_prob_fn), space, max_iterations))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(target_log_prob_fn, skey, max_iterations):
+  return _program(target_log_prob_fn,
+                  bij_lib.latent_space(*space_from_key(skey)), max_iterations)
 
 
 def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
@@ -213,9 +218,7 @@ def laplace(target_log_prob_fn, event_shape, bijector=None, *, key=None,
     run = _compiled(target_log_prob_fn, space_key(space, bijector),
                     max_iterations)
   except TypeError:
-    run = jit_once(functools.partial(
-        map_and_hessian, traced_once(target_log_prob_fn), space,
-        max_iterations))
+    run = _program(target_log_prob_fn, space, max_iterations)
   loc, scale_tril, converged, evals = run(x0)
   return LaplaceResult(
       surrogate=full_rank_normal(event_shape, bijector, dtype=dtype),

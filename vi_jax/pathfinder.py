@@ -307,11 +307,18 @@ def _run(target_log_prob_fn, space, settings, num_paths, num_draws,
           num_density.astype(jnp.int32))
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(target_log_prob_fn, space_key, settings, num_paths, num_draws):
-  space = bij_lib.latent_space(*space_from_key(space_key))
+def _program(target_log_prob_fn, space, settings, num_paths, num_draws):
+  """The jitted `(init_radius, init_loc, key) -> _run(...)` (the target
+  traced once)."""
   return jit_once(functools.partial(_run, traced_once(target_log_prob_fn),
                                     space, settings, num_paths, num_draws))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(target_log_prob_fn, space_key, settings, num_paths, num_draws):
+  return _program(target_log_prob_fn,
+                  bij_lib.latent_space(*space_from_key(space_key)), settings,
+                  num_paths, num_draws)
 
 
 def space_key(space: bij_lib.LatentSpace, bijector):
@@ -421,9 +428,8 @@ def pathfinder(target_log_prob_fn, event_shape, bijector=None, *, key,
     run = _compiled(target_log_prob_fn, space_key(space, bijector), settings,
                     ints["num_paths"], ints["num_draws"])
   except TypeError:
-    run = jit_once(functools.partial(_run, traced_once(target_log_prob_fn),
-                                     space, settings,
-                                     ints["num_paths"], ints["num_draws"]))
+    run = _program(target_log_prob_fn, space, settings, ints["num_paths"],
+                   ints["num_draws"])
   params, loc, scale_tril, elbo, draws, k_hat, evals, density_evals = run(
       jnp.asarray(init_radius, dtype), loc0, key)
   surrogate = full_rank_normal(event_shape, bijector, dtype=dtype)

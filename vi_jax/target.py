@@ -67,6 +67,26 @@ def traced_once(target_log_prob_fn: TargetLogProbFn) -> TargetLogProbFn:
   time; the jit's trace is reused by every call with the same shapes (vmap
   and differentiation transform the traced jaxpr), and XLA inlines it. Same
   values, calling convention and transformations as the target itself.
+  Build it once per program: each call makes a new jit with its own cache.
+
+  Args:
+    target_log_prob_fn: the log density of one draw (TFP's convention, see
+      `call_target`); its arguments are `event_shape`-shaped arrays, any
+      float dtype.
+
+  Returns:
+    A callable with the same signature and results (a scalar of the
+    arguments' float dtype), composable with jit, vmap and grad, also of
+    arrays the target closes over.
+
+  Raises:
+    Nothing when built; calls raise what the target raises, or JAX's
+    tracer errors for a target that is not traceable (as any vi_jax program
+    would).
+
+  References:
+    `jax.jit`'s tracing cache (keyed on the function and the arguments'
+    shapes and dtypes).
   """
   return jax.jit(lambda *args, **kwargs: target_log_prob_fn(*args, **kwargs))
 
