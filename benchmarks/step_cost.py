@@ -16,12 +16,12 @@ The bare kernel is `lax.scan` over `jax.vmap(jax.grad(log_p))` on S points plus
 the same optax Adam update as the family's: on a params pytree of the same
 structure and shapes (`{"loc", "raw_scale"}` for mean-field, `{"loc",
 "raw_scale_tril"}` for full-rank); it computes no loss value. "bare kernel
-(dim)" updates one `[dim]` vector only, and "bare kernel + loss" also computes
-and traces the loss value (`vmap(value_and_grad(log p))`), both shown at S = 16
-for mean-field; "bare kernel (chunked)" (mean-field, S = 1 and 16) is the
-bare kernel as an outer scan over inner scans of at most 50 steps, as
-vi_jax's loop runs (XLA:CPU executes a small loop body faster when its
-buffers are small: see `benchmarks.common.bare_kernel`). Peers run at S = 1
+(dim)" updates one `[dim]` vector only (mean-field, S = 16). For mean-field at
+S = 1 and 16, "bare kernel + loss" also computes and traces the loss value
+(`vmap(value_and_grad(log p))`), and "bare kernel (chunked)" and "bare kernel
++ loss (chunked)" are those two as an outer scan over inner scans of at most
+50 steps, as vi_jax's loop runs (XLA:CPU executes a small loop body faster
+when its buffers are small: see `benchmarks.common.bare_kernel`). Peers run at S = 1
 and 16 only unless --peers-at-all-sizes.
 Full-rank is skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
@@ -43,6 +43,12 @@ def _steps(target, sample_size, quick):
   if quick:
     return 50
   return max(20, target.steps // 8) if sample_size > 16 else target.steps
+
+
+def _kernel_name(chunk, with_loss):
+  """'bare kernel', '... + loss', '... (chunked)', '... + loss (chunked)'."""
+  return ("bare kernel" + (" + loss" if with_loss else "") +
+          (" (chunked)" if chunk else ""))
 
 
 def measure_target(target, sample_sizes, repeats, quick=False,
@@ -68,15 +74,15 @@ def measure_target(target, sample_sizes, repeats, quick=False,
           target.unconstrained_log_prob, target.dim, optimizer, s, steps,
           common.surrogate_params(family, target))
       if family == "mean-field" and s in (1, 16):
-        fns[("bare kernel (chunked)", family)] = common.bare_kernel(
-            target.unconstrained_log_prob, target.dim, optimizer, s, steps,
-            common.surrogate_params(family, target), chunk=KERNEL_CHUNK)
+        for chunk in (None, KERNEL_CHUNK):
+          for with_loss in (False, True):
+            fns[(_kernel_name(chunk, with_loss), family)] = common.bare_kernel(
+                target.unconstrained_log_prob, target.dim, optimizer, s,
+                steps, common.surrogate_params(family, target),
+                with_loss=with_loss, chunk=chunk)
       if family == "mean-field" and s == 16:
         fns[("bare kernel (dim)", family)] = common.bare_kernel(
             target.unconstrained_log_prob, target.dim, optimizer, s, steps)
-        fns[("bare kernel + loss", family)] = common.bare_kernel(
-            target.unconstrained_log_prob, target.dim, optimizer, s, steps,
-            common.surrogate_params(family, target), with_loss=True)
       for library in libraries:
         fns[(library, family)] = peers.build(library, family, target,
                                              optimizer, s, steps)
