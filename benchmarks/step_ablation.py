@@ -7,8 +7,8 @@ A diagnostic for the small-problem cost (issue 13), not part of `run_all`.
 Every variant is `vi.fit` (mean-field, Adam 1e-2, loss traced) with one
 engine piece replaced by a no-op, compiled in this process and timed with the
 bare kernel and the bare kernel with the loss value (each also in vi_jax's
-chunks: `benchmarks.common.bare_kernel(..., chunk=50)`) and Blackjax, interleaved
-(`benchmarks.common.time_interleaved`). Pin the process to one core
+chunks: `benchmarks.common.bare_kernel(..., chunk=50)`) and Blackjax,
+interleaved (`benchmarks.common.time_interleaved`). Pin the process to one core
 (`taskset -c 0`) to see the compute without XLA:CPU's thread-pool overhead.
 
 Variants (comma-separated):

@@ -21,8 +21,8 @@ S = 1 and 16, "bare kernel + loss" also computes and traces the loss value
 (`vmap(value_and_grad(log p))`), and "bare kernel (chunked)" and "bare kernel
 + loss (chunked)" are those two as an outer scan over inner scans of at most
 50 steps, as vi_jax's loop runs (XLA:CPU executes a small loop body faster
-when its buffers are small: see `benchmarks.common.bare_kernel`). Peers run at S = 1
-and 16 only unless --peers-at-all-sizes.
+when its buffers are small: see `benchmarks.common.bare_kernel`). Peers run
+at S = 1 and 16 only unless --peers-at-all-sizes.
 Full-rank is skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
 
@@ -74,12 +74,12 @@ def measure_target(target, sample_sizes, repeats, quick=False,
           target.unconstrained_log_prob, target.dim, optimizer, s, steps,
           common.surrogate_params(family, target))
       if family == "mean-field" and s in (1, 16):
-        for chunk in (None, KERNEL_CHUNK):
-          for with_loss in (False, True):
-            fns[(_kernel_name(chunk, with_loss), family)] = common.bare_kernel(
-                target.unconstrained_log_prob, target.dim, optimizer, s,
-                steps, common.surrogate_params(family, target),
-                with_loss=with_loss, chunk=chunk)
+        for chunk, with_loss in ((None, True), (KERNEL_CHUNK, False),
+                                 (KERNEL_CHUNK, True)):
+          fns[(_kernel_name(chunk, with_loss), family)] = common.bare_kernel(
+              target.unconstrained_log_prob, target.dim, optimizer, s, steps,
+              common.surrogate_params(family, target), with_loss=with_loss,
+              chunk=chunk)
       if family == "mean-field" and s == 16:
         fns[("bare kernel (dim)", family)] = common.bare_kernel(
             target.unconstrained_log_prob, target.dim, optimizer, s, steps)
