@@ -183,7 +183,9 @@ def _stage_program(target_log_prob_fn, event_shape, bijector, rung: _Rung,
                    config: Config, num_fixed_draws: int):
   """The jitted `(loc, scale_tril, params0 [R], fit_keys [R], eval_key) ->
   _StageOut`: R fits (DADVI with `num_fixed_draws` draws, or Adam for the
-  flow) and their evaluation, vmapped in one program."""
+  flow) and their evaluation, vmapped in one program (the target traced
+  once)."""
+  target_log_prob_fn = traced_once(target_log_prob_fn)
   space = bij_lib.latent_space(event_shape, bijector)
   log_p = target_log_prob_batched(target_log_prob_fn)
 
@@ -211,10 +213,13 @@ def _stage_program(target_log_prob_fn, event_shape, bijector, rung: _Rung,
   return jit_once(run)
 
 
-def _init_program(event_shape, bijector, rung: _Rung, config: Config):
+def _init_program(target_log_prob_fn, event_shape, bijector, rung: _Rung,
+                  config: Config):
   """The jitted `(loc, scale_tril, fit_keys [R]) -> params [R]`: the
   whitened family's initial params, one per restart (one small program in
-  place of the many small ones its ops would compile one by one)."""
+  place of the many small ones its ops would compile one by one). It does
+  not call the target: its callers pass None, so targets share it."""
+  del target_log_prob_fn
 
   def run(loc, scale_tril, fit_keys):
     surrogate = _whitened(rung, config, event_shape, bijector, loc,
@@ -248,27 +253,18 @@ def _frozen(tree, is_leaf) -> Optional[tuple]:
   return key
 
 
-def _program(target_log_prob_fn, event_shape, bijector, rung, *args):
-  if rung == "init":
-    return _init_program(event_shape, bijector, *args)
-  target_log_prob_fn = traced_once(target_log_prob_fn)
-  if rung == "laplace":
-    return _laplace_program(target_log_prob_fn, event_shape, bijector, *args)
-  return _stage_program(target_log_prob_fn, event_shape, bijector, rung,
-                        *args)
-
-
-def _cached_program(target_log_prob_fn, event_shape, bijector, *args):
-  """A stage's program (`_program`), reused across calls with the same
-  target and settings."""
+def _cached_program(build, target_log_prob_fn, event_shape, bijector, *args):
+  """`build(target_log_prob_fn, event_shape, bijector, *args)` (a stage's
+  program builder), reused across calls with the same builder, target and
+  settings."""
   parts = (_frozen(event_shape, bij_lib.is_shape),
            _frozen(bijector, lambda b: b is None or bij_lib.is_bijector(b)))
   if any(p is None for p in parts):
-    return _program(target_log_prob_fn, event_shape, bijector, *args)
-  cache_key = (target_log_prob_fn, parts, args)
+    return build(target_log_prob_fn, event_shape, bijector, *args)
+  cache_key = (build, target_log_prob_fn, parts, args)
   if cache_key not in _PROGRAMS:
-    _PROGRAMS[cache_key] = _program(target_log_prob_fn, event_shape, bijector,
-                                    *args)
+    _PROGRAMS[cache_key] = build(target_log_prob_fn, event_shape, bijector,
+                                 *args)
     if len(_PROGRAMS) > _MAX_PROGRAMS:
       _PROGRAMS.popitem(last=False)
   _PROGRAMS.move_to_end(cache_key)
@@ -279,7 +275,8 @@ def _laplace_program(target_log_prob_fn, event_shape, bijector,
                      config: Config):
   """The jitted `(starts [R, dim], eval_key) -> (_StageOut, converged [R])`:
   R Laplace approximations (MAP by L-BFGS from each start, Hessian there)
-  and their evaluation, vmapped in one program."""
+  and their evaluation, vmapped in one program (the target traced once)."""
+  target_log_prob_fn = traced_once(target_log_prob_fn)
   space = bij_lib.latent_space(event_shape, bijector)
   log_p = target_log_prob_batched(target_log_prob_fn)
   surrogate = full_rank.full_rank_normal(event_shape, bijector,
@@ -319,8 +316,8 @@ def laplace_stage(target_log_prob_fn, event_shape, bijector, config, key,
   # are jittered around it (Stan's and NumPyro's uniform(-2, 2) init).
   starts = jax.random.uniform(start_key, (num_restarts, space.dim), dtype,
                               -_INIT_RADIUS, _INIT_RADIUS).at[0].set(0.)
-  program = _cached_program(target_log_prob_fn, event_shape, bijector,
-                            "laplace", config)
+  program = _cached_program(_laplace_program, target_log_prob_fn,
+                            event_shape, bijector, config)
   out, converged = program(starts, eval_key)
   threshold = _threshold(config)
   judged = _judge(out, threshold)
@@ -422,13 +419,13 @@ def run_stage(target_log_prob_fn, event_shape, bijector, rung, config, loc,
   surrogate = _whitened(rung, config, event_shape, bijector, loc, scale_tril)
   fit_key, eval_key = jax.random.split(key)
   fit_keys = jax.random.split(fit_key, num_restarts)
-  params = _cached_program(target_log_prob_fn, event_shape, bijector, "init",
-                           rung, config)(loc, scale_tril, fit_keys)
+  params = _cached_program(_init_program, None, event_shape, bijector, rung,
+                           config)(loc, scale_tril, fit_keys)
   m, evals, grown = _fixed_draws(rung, config, surrogate, params), 0, False
   threshold = _threshold(config)
   while True:
-    program = _cached_program(target_log_prob_fn, event_shape, bijector, rung,
-                              config, m)
+    program = _cached_program(_stage_program, target_log_prob_fn, event_shape,
+                              bijector, rung, config, m)
     out = program(loc, scale_tril, params, fit_keys, eval_key)
     judged = _judge(out, threshold)
     params, evals = out.params, evals + judged.num_grad_evals
