@@ -266,7 +266,7 @@ def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
       kernel (chunked)"): XLA:CPU runs a loop body op by op, without its
       task-graph executor, only when every buffer the loop touches is at most
       512 bytes; a scan over all `[num_steps, 2]` keys is not. vi_jax's fit
-      loop runs in such chunks (`vi_jax.loop`), so this is the kernel with
+      loop runs in such chunks (`vi_jax.stochastic.loop`), so this is the kernel with
       the same advantage.
 
   Returns:

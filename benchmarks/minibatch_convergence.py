@@ -84,7 +84,7 @@ def compare(mean, cov, ref_mean, ref_cov):
 
 
 def recipe(args, data, n):
-  """The documented recipe (vi_jax.minibatch's docstring): (fit, lap, steps)."""
+  """The documented recipe (vi_jax.stochastic.minibatch's docstring): (fit, lap, steps)."""
   sub = np.random.default_rng(args.seed).choice(n, args.subsample,
                                                  replace=False)
   rows = jax.tree_util.tree_map(lambda x: x[sub], data)

@@ -50,14 +50,14 @@ NOTES = """\
      inverse-erf polynomial (and the affine map) into each fusion that reads
      the draws; inside a reduction (the sum over draws of `g * eps` for the
      scale gradient) or a data-heavy target (item response theory) it is
-     recomputed per element in a scalar loop. `vi_jax.target.materialize`
+     recomputed per element in a scalar loop. `vi_jax.model.target.materialize`
      (a conditional; XLA:CPU drops `optimization_barrier`) now materializes
      the base draws before the surrogate's bijector
      (`vi_jax.surrogates.base`) and the draws before the target.
   2. Threefry on CPU is a rolled 5-iteration while loop (about 100 small
      thunks per step, and on 2 cores the thunk executor's concurrency
      overhead: process CPU time 2.7x the kernel's on eight schools).
-     `vi_jax._rng` rewraps the per-step keys of `fit` in a PRNG
+     `vi_jax._src.rng` rewraps the per-step keys of `fit` in a PRNG
      implementation whose `random_bits` is JAX's own Threefry-2x32 written
      out round by round (the GPU lowering): the same bits, one fusion.
   3. Multi-latent targets: `latent_space.unflatten` sliced the flat vector
@@ -74,13 +74,13 @@ NOTES = """\
   4. One draw (S = 1): `vmap` over a batch of one gives every batched
      intermediate a minor dimension of 1, and XLA:CPU then runs elementwise
      loops scalar (a softplus over the 1000 logits of German credit: 113 us
-     vs 9 us a step). `vi_jax.target` evaluates the one draw without `vmap`:
+     vs 9 us a step). `vi_jax.model.target` evaluates the one draw without `vmap`:
      German credit S = 1 3.2x -> 1.07x the kernel (CPU time), breast cancer
      2.2x -> 1.07x.
   5. The unrolled hash computed once a step: XLA:CPU fused it into every
      fusion that reads its bits (the normal sampler's two erf-inverse
      branches, the check of the draws), three copies of the 20 rounds.
-     `vi_jax._rng` now materializes the bits (a conditional): eight schools
+     `vi_jax._src.rng` now materializes the bits (a conditional): eight schools
      S = 16 0.95x -> 0.55x the kernel, breast cancer 1.02x -> 0.97x (one
      process pinned to one core, methods interleaved).
   6. Tiny targets (S = 1): XLA:CPU runs a loop body op by op, without its
@@ -88,7 +88,7 @@ NOTES = """\
      most 512 bytes (`ThunkExecutor`'s sequential threshold); a scan over
      all `[num_steps, 2]` keys and `[num_steps]` trace rows is not, and
      paid about 0.7 us a step. vi_jax's loop now scans in chunks of at most
-     64 steps (`vi_jax.loop`). The non-finite guard's accept-or-keep is one
+     64 steps (`vi_jax.stochastic.loop`). The non-finite guard's accept-or-keep is one
      conditional, its finiteness check one reduction per 512 bytes of
      leaves. Pinned to one core, `python -m benchmarks.step_ablation
      --target eight_schools --sample-size 1 --variants

@@ -110,7 +110,7 @@ def minibatch_negative_elbo(x, y, batch_size):
     del target_log_prob_fn  # the full-data target; the minibatch one is below
     k_rows, k_draws = jax.random.split(key)
     idx = jax.random.randint(k_rows, (batch_size,), 0, n)
-    log_p = vi.losses.target_log_prob_batched(
+    log_p = vi.target.batched_target(
         _lr_log_prob(x[idx], y[idx], n / batch_size))
     z, log_q = surrogate.sample_and_log_prob(params, k_draws, sample_size)
     return -jnp.mean(log_p(z) - log_q)

@@ -17,19 +17,19 @@ Variants (comma-separated):
                        max_consecutive_nonfinite=None)`: no non-finite checks
                        or selects
   guard-check-only     the guard checks finiteness and counts, but never
-                       rejects (`vi_jax.guards._select` keeps the proposal):
+                       rejects (`vi_jax.stochastic.guards._select` keeps the proposal):
                        what its conditional costs
   guard-select-only    the guard's conditional without the finiteness check
-                       (`vi_jax.guards.all_finite` always True)
+                       (`vi_jax.stochastic.guards.all_finite` always True)
   one-chunk            the scan not split into short chunks
-                       (`vi_jax.loop._SEQUENTIAL_BYTES` unbounded): XLA:CPU
+                       (`vi_jax.stochastic.loop._SEQUENTIAL_BYTES` unbounded): XLA:CPU
                        runs the loop body with its task-graph executor
   no-base-materialize  the surrogate's base draws not materialized
                        (`vi_jax.surrogates.base.materialize` a no-op)
   no-target-materialize  the draws not materialized before the target
   no-bits-once         the unrolled Threefry's bits not materialized
   vmap-one-draw        the target vmapped over a batch of one (no one-draw
-                       path in `vi_jax.target`)
+                       path in `vi_jax.model.target`)
 
 Prints microseconds per step and the wall and CPU-time ratios to the kernel.
 """
@@ -62,7 +62,7 @@ def _replaced(module, name, value):
 
 def _patch(variant):
   """A context manager that turns one engine piece off while tracing."""
-  # The modules (`vi_jax.fit` the function shadows its module on the package).
+  # The modules (`vi_jax.stochastic.svi` the function shadows its module on the package).
   rng, fit, base, target, loop, guards = (
       importlib.import_module(f"vi_jax.{m}")
       for m in ("_rng", "fit", "surrogates.base", "target", "loop", "guards"))

@@ -56,7 +56,7 @@ def _iwae_loss(k):
 
   def loss(target_log_prob_fn, surrogate, params, key, sample_size):
     z, log_q = surrogate.sample_and_log_prob(params, key, sample_size * k)
-    log_w = (vi.losses.target_log_prob_batched(target_log_prob_fn)(z) - log_q)
+    log_w = (vi.target.batched_target(target_log_prob_fn)(z) - log_q)
     log_w = log_w.reshape(sample_size, k)
     return -jnp.mean(jax.nn.logsumexp(log_w, -1) - jnp.log(k))
 

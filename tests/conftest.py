@@ -4,7 +4,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite is compile-bound (hundreds of small programs, each run briefly):
 # XLA's backend (LLVM) optimization level 1 in place of 2, and XLA:CPU's
-# older fusion emitters (as `vi_jax.compile_cache.ONCE_OPTIONS` for the
+# older fusion emitters (as `vi_jax._src.compile_cache.ONCE_OPTIONS` for the
 # run-once programs), compile them faster (notebook 01, one core: 49 -> 40 s
 # at level 1; 51 -> 32 s with the older emitters too). The programs'
 # operations are the same; benchmarks/ and the demo run at XLA's defaults.
@@ -23,8 +23,8 @@ _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 # two-process fit, auto_fit): run first, so that `pytest -n 2` does not end
 # with one worker on a two-minute test while the other idles.
 _SLOW_FILES = ("test_notebooks.py", "test_benchmarks.py",
-               "test_multiprocess.py", "test_auto_fit.py", "test_flows.py",
-               "test_pathfinder.py")
+               "test_multiprocess.py", "test_automatic_vi.py", "test_flows.py",
+               "test_multipath_pathfinder.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -35,7 +35,12 @@ import jax
 import numpy as np
 import optax
 
-import vi_jax as vi
+from vi_jax.auto.automatic_vi import auto_fit
+from vi_jax.criticism import diagnostics
+from vi_jax.model import adapters
+from vi_jax.stochastic.svi import fit
+from vi_jax.surrogates import full_rank_normal
+from vi_jax.surrogates import mean_field_normal
 
 COLUMNS = """columns:
   target       the posterior fitted
@@ -71,7 +76,7 @@ def _normal_normal():
 
 
 def _gym_target(name, ctor):
-  model = vi.adapters.from_inference_gym(ctor())
+  model = adapters.from_inference_gym(ctor())
   ref = model.reference
   flat = lambda tree: np.concatenate(
       [np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(tree)])
@@ -122,8 +127,8 @@ def run_auto(t, key, max_grad_evals):
   t0 = time.perf_counter()
   budget = {} if max_grad_evals is None else dict(
       max_grad_evals=max_grad_evals)
-  r = vi.auto_fit(t["fn"], t["event_shape"], t["bijector"], key=fit_key,
-                  **budget)
+  r = auto_fit(t["fn"], t["event_shape"], t["bijector"], key=fit_key,
+               **budget)
   wall = time.perf_counter() - t0
   acc = accuracy(r.sample(draw_key, 4000), t["transform"], t["mean"],
                  t["std"])
@@ -133,19 +138,19 @@ def run_auto(t, key, max_grad_evals):
 
 def run_adam(t, family, num_steps, sample_size, key):
   """Plain Adam with one Gaussian family on one target; returns a table row."""
-  make = {"mean-field": vi.surrogates.mean_field_normal,
-          "full-rank": vi.surrogates.full_rank_normal}[family]
+  make = {"mean-field": mean_field_normal,
+          "full-rank": full_rank_normal}[family]
   surrogate = make(t["event_shape"], t["bijector"])
   optimizer = optax.adam(optax.cosine_decay_schedule(0.05, num_steps, 0.05))
   fit_key, eval_key = jax.random.split(key)
   t0 = time.perf_counter()
-  result = vi.fit(t["fn"], surrogate, optimizer, num_steps, key=fit_key,
-                  sample_size=sample_size, progress_bar=False)
+  result = fit(t["fn"], surrogate, optimizer, num_steps, key=fit_key,
+               sample_size=sample_size, progress_bar=False)
   jax.block_until_ready(result.params)
   wall = time.perf_counter() - t0
-  z, log_w = vi.diagnostics.importance_log_weights(
+  z, log_w = diagnostics.importance_log_weights(
       t["fn"], surrogate, result.params, eval_key, 4000)
-  k_hat = float(vi.diagnostics.diagnose_log_weights(log_w).pareto_k)
+  k_hat = float(diagnostics.diagnose_log_weights(log_w).pareto_k)
   acc = accuracy(z, t["transform"], t["mean"], t["std"])
   return _row(t, f"Adam {family}", acc, k_hat, "-", num_steps * sample_size,
               wall)

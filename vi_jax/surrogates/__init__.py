@@ -5,7 +5,7 @@ from vi_jax.surrogates.auto import support_bijector
 from vi_jax.surrogates.base import Surrogate
 from vi_jax.surrogates.base import transformed_surrogate
 from vi_jax.surrogates.custom import from_distribution
-from vi_jax.surrogates.delta import delta
+from vi_jax.surrogates.dirac_delta import delta
 from vi_jax.surrogates.discrete import bernoulli
 from vi_jax.surrogates.discrete import categorical
 from vi_jax.surrogates.flows import inverse_autoregressive_flow
@@ -16,11 +16,11 @@ from vi_jax.surrogates.full_rank import full_rank_params
 from vi_jax.surrogates.full_rank import full_rank_scale_tril
 from vi_jax.surrogates.low_rank import low_rank_normal
 from vi_jax.surrogates.mean_field import mean_field_normal
-from vi_jax.surrogates.mixture import mixture
+from vi_jax.surrogates.mixtures import mixture
 from vi_jax.surrogates.structured import joint
 from vi_jax.surrogates.structured import point_mass
-# Last: vi_jax.laplace builds on the families above.
-from vi_jax.laplace import laplace  # noqa: E402  pylint: disable=g-bad-import-order
+# Last: vi_jax.surrogates.laplace_approximation builds on the families above.
+from vi_jax.surrogates.laplace_approximation import laplace  # noqa: E402  pylint: disable=g-bad-import-order
 
 __all__ = [
     "Surrogate",

@@ -13,8 +13,8 @@ from typing import Callable, Optional
 import distrax
 import jax.numpy as jnp
 
-from vi_jax import bijectors as bij_lib
-from vi_jax._types import Params
+from vi_jax.model import bijectors as bij_lib
+from vi_jax._src.types import Params
 
 
 class _LatentSpaceBijector(distrax.Bijector):

@@ -15,10 +15,10 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from vi_jax import bijectors as bij_lib
-from vi_jax._types import Array, InitFn, LogProbFn, Params, SampleAndLogProbFn
-from vi_jax.target import materialize
-from vi_jax._validation import positive_int
+from vi_jax.model import bijectors as bij_lib
+from vi_jax._src.types import Array, InitFn, LogProbFn, Params, SampleAndLogProbFn
+from vi_jax.model.target import materialize
+from vi_jax._src.validation import positive_int
 
 
 class Surrogate(NamedTuple):
@@ -85,7 +85,7 @@ def transformed_surrogate(
   """Pushes a distribution over the flat unconstrained vector through `space`.
 
   Args:
-    space: a `vi_jax.bijectors.LatentSpace` (event shapes and bijectors).
+    space: a `vi_jax.model.bijectors.LatentSpace` (event shapes and bijectors).
     init_fn: `(key) -> params`.
     distribution_fn: `params -> distrax.Distribution` with event shape
       `[space.dim]` and no batch shape.
@@ -128,7 +128,7 @@ def _sample_and_log_prob(dist: distrax.Distribution, key, n: int):
   instead of once in every XLA:CPU fusion that reads them: the reparameterized
   gradient reduces `g * eps` over the draws, and a reduction that recomputes
   its elementwise producer does so in a scalar loop (see
-  `vi_jax.target.materialize`).
+  `vi_jax.model.target.materialize`).
   """
   if not isinstance(dist, distrax.Transformed):
     return dist.sample_and_log_prob(seed=key, sample_shape=(n,))

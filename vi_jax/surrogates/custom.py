@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import tensorflow_probability.substrates.jax as tfp
 
-from vi_jax import bijectors as bij_lib
-from vi_jax._types import Params
+from vi_jax.model import bijectors as bij_lib
+from vi_jax._src.types import Params
 from vi_jax.surrogates._distribution import with_distribution_fn
 from vi_jax.surrogates.base import transformed_surrogate
 

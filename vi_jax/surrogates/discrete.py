@@ -1,7 +1,7 @@
 """Discrete surrogates (Bernoulli, categorical): not reparameterizable.
 
 Their draws are integers with no gradient path to the params, so
-`reparameterized=False` and the objectives in `vi_jax.losses` use the
+`reparameterized=False` and the objectives in `vi_jax.objectives.losses` use the
 score-function estimator for them (Edward's KLqp does the same). Draws are
 integer arrays; the target receives them as such.
 """
@@ -9,9 +9,9 @@ integer arrays; the target receives them as such.
 import distrax
 import jax.numpy as jnp
 
-from vi_jax.bijectors import is_shape
+from vi_jax.model.bijectors import is_shape
 from vi_jax.surrogates.base import Surrogate, check_sample_size, default_dtype
-from vi_jax._validation import integer
+from vi_jax._src.validation import integer
 
 
 def _event_shape(event_shape) -> tuple:

@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_probability.substrates.jax as tfp
 
-from vi_jax import bijectors as bij_lib
+from vi_jax.model import bijectors as bij_lib
 from vi_jax.surrogates._distribution import with_distribution_fn
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
-from vi_jax._validation import positive_int
+from vi_jax._src.validation import positive_int
 
 tfb = tfp.bijectors
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_probability.substrates.jax as tfp
 
-from vi_jax import bijectors as bij_lib
-from vi_jax._types import Array, Params
+from vi_jax.model import bijectors as bij_lib
+from vi_jax._src.types import Array, Params
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
 

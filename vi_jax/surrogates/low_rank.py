@@ -4,11 +4,11 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from vi_jax import bijectors as bij_lib
+from vi_jax.model import bijectors as bij_lib
 from vi_jax.surrogates._distribution import with_distribution_fn
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
-from vi_jax._validation import positive_int
+from vi_jax._src.validation import positive_int
 
 
 def low_rank_normal(event_shape, rank: int, bijector=None, *, init_loc=None,

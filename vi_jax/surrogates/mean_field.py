@@ -4,7 +4,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from vi_jax import bijectors as bij_lib
+from vi_jax.model import bijectors as bij_lib
 from vi_jax.surrogates.base import (Surrogate, default_dtype, initial_loc,
                                     transformed_surrogate)
 
@@ -26,7 +26,7 @@ def mean_field_normal(event_shape, bijector=None, *, init_loc=None,
   = 0.1 (NumPyro AutoNormal's default; Stan's ADVI starts at 1).
 
   Args:
-    event_shape: a shape or pytree of shapes (see `vi_jax.bijectors.latent_space`).
+    event_shape: a shape or pytree of shapes (see `vi_jax.model.bijectors.latent_space`).
     bijector: None, one bijector, or a pytree of bijectors matching event_shape.
     init_loc: optional initial unconstrained location.
     init_scale: initial standard deviation of every unconstrained coordinate.

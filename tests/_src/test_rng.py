@@ -1,0 +1,41 @@
+"""The unrolled-Threefry per-step keys draw exactly JAX's Threefry bits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vi_jax._src.rng import unrolled_threefry_keys
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+@pytest.mark.parametrize("shape", [(), (7,), (16, 10), (3, 4, 5)])
+def test_same_draws_as_jax_threefry(make_key, shape):
+  key = make_key(11)
+  fast = unrolled_threefry_keys(key)
+  for draw in (jax.random.normal, jax.random.uniform,
+               lambda k, s: jax.random.bits(k, s),
+               lambda k, s: jax.random.randint(k, s, -5, 9)):
+    np.testing.assert_array_equal(np.asarray(draw(key, shape)),
+                                  np.asarray(jax.jit(draw, static_argnums=1)(
+                                      fast, shape)))
+
+
+def test_batched_keys_split_and_fold_in():
+  keys = jax.random.split(jax.random.key(2), 6)
+  fast = unrolled_threefry_keys(keys)
+  draw = jax.vmap(lambda k: jax.random.normal(k, (4, 3)))
+  np.testing.assert_array_equal(draw(keys), draw(fast))
+  np.testing.assert_array_equal(
+      jax.random.normal(jax.random.split(keys[1])[1], (5,)),
+      jax.random.normal(jax.random.split(fast[1])[1], (5,)))
+  np.testing.assert_array_equal(
+      jax.random.normal(jax.random.fold_in(keys[2], 7), (5,)),
+      jax.random.normal(jax.random.fold_in(fast[2], 7), (5,)))
+
+
+def test_other_implementations_unchanged():
+  key = jax.random.key(0, impl="rbg")
+  assert unrolled_threefry_keys(key) is key
+  assert jnp.issubdtype(unrolled_threefry_keys(jax.random.key(0)).dtype,
+                        jax.dtypes.prng_key)

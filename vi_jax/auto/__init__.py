@@ -1,0 +1,1 @@
+"""The automatic fit: the whitened family ladder, its stages and the verdict."""

@@ -1,0 +1,2 @@
+"""Model criticism: PSIS k-hat and importance diagnostics, ArviZ export and
+plots."""
