@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check vi_jax tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist worksteal -q tests
 
 bench: $(STAMP)

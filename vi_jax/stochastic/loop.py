@@ -16,12 +16,9 @@ every buffer slice they use is at most 512 bytes
 (`vi_jax.stochastic.step.SEQUENTIAL_BYTES`); otherwise it runs the body with its
 task-graph executor, which on a small target costs more than the step itself.
 A scan over more than 64 steps has [num_steps, 2] keys and [num_steps] trace
-rows over that size; a chunk's inner scan does not. Pinned to one core,
-sample_size 1, wall time per step over the bare gradient step
-(`benchmarks.step_ablation`): eight schools 1.47x as one scan -> 0.92x in
-chunks, banana 1.29x -> 0.69x; at sample_size 16 0.51x and 0.47x. The
-chunks cost ~0.2 s of compile on a first small fit (eight schools, 1000
-steps: 1.8 -> 2.0 s).
+rows over that size; a chunk's inner scan does not. What the chunks gain per
+step and cost in compile time is measured in benchmarks/RESULTS.md ("Design
+measurements cited in the code", `benchmarks.step_ablation`).
 """
 
 import math
@@ -71,8 +68,8 @@ def _trace_spec(trace_fn, state: VIState, loss: Array):
 
 # A chunk's [chunk, 2] keys and [chunk] trace rows are buffers of its inner
 # loop, kept under this (the module docstring says why), so a chunk is at most
-# 64 steps: eight schools, S = 1, chunks of 64 vs 72 steps: 1.25 vs 1.99 us a
-# step. A module constant so that `benchmarks.step_ablation` can lift it.
+# 64 steps (benchmarks/RESULTS.md, "Design measurements cited in the code").
+# A module constant so that `benchmarks.step_ablation` can lift it.
 _SEQUENTIAL_BYTES = SEQUENTIAL_BYTES
 
 
