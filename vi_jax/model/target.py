@@ -65,9 +65,10 @@ def traced_once(target_log_prob_fn: TargetLogProbFn) -> TargetLogProbFn:
 
   A run-once program calls the target in several places (L-BFGS's first
   evaluation and its line search, the Hessian, the evaluation draws), and
-  tracing a TFP or inference_gym model in Python is slow (benchmarks/
-  RESULTS.md, "Design measurements cited in the code"); the jit's trace is reused by every call with the same shapes (vmap
-  and differentiation transform the traced jaxpr), and XLA inlines it. Same
+  tracing a TFP or inference_gym model in Python is slow
+  (benchmarks/RESULTS.md, "Design measurements cited in the code"); the
+  jit's trace is reused by every call with the same shapes (vmap and
+  differentiation transform the traced jaxpr), and XLA inlines it. Same
   values, calling convention and transformations as the target itself.
   Build it once per program: each call makes a new jit with its own cache.
 
