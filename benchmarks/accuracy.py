@@ -27,13 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import common
 from benchmarks import peers
+from benchmarks import report
+from benchmarks import targets
 
 NUM_DRAWS = 4096
 
 
-def evaluate(target: common.Target, fitted: peers.Fitted, key,
+def evaluate(target: targets.Target, fitted: peers.Fitted, key,
              num_draws: int = NUM_DRAWS) -> dict:
   """Accuracy metrics (see the module docstring) of one fitted Gaussian."""
   u, log_q = peers.gaussian_draws(fitted, key, num_draws)
@@ -79,7 +80,7 @@ HEADER = ("target", "family", "method", "grad evals", "max |mean err|/sd",
 
 
 def as_table(rows) -> str:
-  return common.markdown_table(HEADER, [
+  return report.markdown_table(HEADER, [
       (r["target"], r["family"], r["method"], r["grad_evals"],
        r["max_mean_err"], r["mean_mean_err"], r["median_sd_ratio"], r["elbo"])
       for r in rows])
@@ -91,10 +92,10 @@ def main(argv=None):
   parser.add_argument("--targets", default=None)
   args = parser.parse_args(argv)
   names = (args.targets.split(",") if args.targets else
-           list(common.QUICK_TARGETS if args.quick else common.TARGETS))
+           list(targets.QUICK_TARGETS if args.quick else targets.TARGETS))
   rows = []
   for name in names:
-    new = measure_target(common.TARGETS[name](), quick=args.quick)
+    new = measure_target(targets.TARGETS[name](), quick=args.quick)
     print(as_table(new), flush=True)
     rows += new
   return rows

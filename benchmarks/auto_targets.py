@@ -7,7 +7,7 @@ Every target gives vi_jax's public API (`target_log_prob_fn` in TFP's one-draw
 convention, `event_shape`, `bijector`: inference_gym's
 `default_event_space_bijector`), the flat unconstrained density
 `unconstrained_log_prob(u: [dim])` (log-det-Jacobian included, built by
-`benchmarks.common._make`) that the peers fit, and `constrain(u: [n, dim]) ->
+`benchmarks.targets._make`) that the peers fit, and `constrain(u: [n, dim]) ->
 [n, num_ref]`: the draws in the latents' support, passed through
 inference_gym's `identity` sample transformation and flattened in leaf order
 (dicts by sorted key). `ref_mean` / `ref_std` are flat in the same order.
@@ -40,12 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common
+from benchmarks import targets
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
-GERMAN_CREDIT_FILE = os.path.join(DATA_DIR, "german_credit",
-                                  "german.data-numeric")
-BREAST_CANCER_REFERENCE = os.path.join(DATA_DIR,
+BREAST_CANCER_REFERENCE = os.path.join(targets.DATA_DIR,
                                        "breast_cancer_reference.npz")
 
 
@@ -66,14 +63,14 @@ class AutoTarget(NamedTuple):
   reference: str  # where ref_mean / ref_std come from
 
 
-_canonical = common._canonical  # pylint: disable=protected-access
+_canonical = targets._canonical  # pylint: disable=protected-access
 
 
 def _flat(tree, batched: bool) -> np.ndarray:
-  return np.asarray(common._flat_leaves(_canonical(tree), int(batched)))  # pylint: disable=protected-access
+  return np.asarray(targets._flat_leaves(_canonical(tree), int(batched)))  # pylint: disable=protected-access
 
 
-def _from_benchmark_target(t: common.Target, name, flatten_z, ref_mean,
+def _from_benchmark_target(t: targets.Target, name, flatten_z, ref_mean,
                            ref_std, dtype, reference) -> AutoTarget:
   """An AutoTarget on `t`'s density; `flatten_z` maps latents to references."""
   import vi_jax as vi  # pylint: disable=g-import-not-at-top
@@ -94,11 +91,11 @@ def _gym_auto(name: str, model_name: str, title: str,
   """An inference_gym model, its identity transformation and ground truth."""
   from inference_gym import using_jax as gym  # pylint: disable=g-import-not-at-top
   model = getattr(gym.targets, model_name)()
-  t = common._gym_target(model, title, 0)  # pylint: disable=protected-access
+  t = targets._gym_target(model, title, 0)  # pylint: disable=protected-access
   ident = model.sample_transformations["identity"]
 
   def flatten_z(z):
-    return common._flat_leaves(_canonical(jax.vmap(ident)(z)), 1)  # pylint: disable=protected-access
+    return targets._flat_leaves(_canonical(jax.vmap(ident)(z)), 1)  # pylint: disable=protected-access
 
   mean = _flat(ident.ground_truth_mean, False)
   std = _flat(ident.ground_truth_standard_deviation, False)
@@ -124,25 +121,11 @@ def _identity_flat(z):
   return z  # one vector latent `[n, dim]`, identity bijector
 
 
-def german_credit_data() -> tuple[np.ndarray, np.ndarray]:
-  """(features [1000, 24] standardized as inference_gym does, labels [1000]).
-
-  The label is `raw - 1` (raw 1 = good, 2 = bad: 1 = bad credit), the
-  encoding under which inference_gym's ground truth holds (NUTS on this data
-  reproduces it within 0.034 sd; the flipped labels put the mode 25 sds off).
-  Features are standardized with the population sd (numpy's `std`), as
-  inference_gym's `data._normalize_zero_mean_one_std` does.
-  """
-  raw = np.loadtxt(GERMAN_CREDIT_FILE)
-  x, y = raw[:, :-1], (raw[:, -1] - 1).astype(np.int32)
-  return (x - x.mean(0)) / x.std(0), y
-
-
 def german_credit() -> AutoTarget:
   """German credit logistic regression (25 dims), inference_gym's ground truth."""
   from inference_gym.targets.ground_truth import german_credit_numeric_logistic_regression as gt  # pylint: disable=g-import-not-at-top
-  x, y = german_credit_data()
-  t = common._logistic_regression(  # pylint: disable=protected-access
+  x, y = targets.german_credit_data()
+  t = targets._logistic_regression(  # pylint: disable=protected-access
       "German credit logistic regression (25)", x, y, 0)
   return _from_benchmark_target(
       t, "german_credit", _identity_flat, gt.IDENTITY_MEAN,
@@ -151,8 +134,8 @@ def german_credit() -> AutoTarget:
 
 
 def breast_cancer() -> AutoTarget:
-  """benchmarks.common's breast-cancer regression, NumPyro NUTS reference."""
-  t = common.breast_cancer_logistic_regression()
+  """benchmarks.targets' breast-cancer regression, NumPyro NUTS reference."""
+  t = targets.breast_cancer_logistic_regression()
   if not os.path.exists(BREAST_CANCER_REFERENCE):
     raise FileNotFoundError(
         f"{BREAST_CANCER_REFERENCE} is missing; make it with "
@@ -241,7 +224,7 @@ def make_breast_cancer_reference(seed: int = 0, num_chains: int = 4,
                                  path: str = BREAST_CANCER_REFERENCE) -> dict:
   """Runs NumPyro NUTS on breast cancer and saves the reference moments."""
   from numpyro.diagnostics import effective_sample_size, split_gelman_rubin  # pylint: disable=g-import-not-at-top
-  t = common.breast_cancer_logistic_regression()
+  t = targets.breast_cancer_logistic_regression()
   t0 = time.perf_counter()
   u, steps, _ = nuts_draws(t.unconstrained_log_prob, t.dim,
                            jax.random.key(seed), num_warmup, num_samples,

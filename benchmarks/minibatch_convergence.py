@@ -3,12 +3,13 @@
     python -m benchmarks.minibatch_convergence [--epochs 3] [--batch-size 1024]
         [--sample-size 2] [--subsample 10000] [--lr 0.05] [--seed 0]
 
-The 1,000,000 x 20 logistic regression of benchmarks/multiprocess.py (N(0, 1)
-prior), against its full-data Laplace approximation (Newton's method on all
-rows). Plain minibatch SVI (Adam, batch 1024) stops with the scales 1.5x to
-1.9x too wide after 20 epochs: the gradient of the scales is the draw times
-the minibatch noise of the likelihood's gradient, about sqrt(N / B) = 31
-times larger than its signal. The recipe removes that noise at its sources:
+The 1,000,000 x 20 logistic regression of benchmarks/million_rows.py (the
+data of benchmarks/multiprocess.py; N(0, 1) prior), against its full-data
+Laplace approximation (Newton's method on all rows). Plain minibatch SVI
+(Adam, batch 1024) stops with the scales 1.5x to 1.9x too wide after 20
+epochs: the gradient of the scales is the draw times the minibatch noise
+of the likelihood's gradient, about sqrt(N / B) = 31 times larger than its
+signal. The recipe removes that noise at its sources:
 
 1. Precondition: a Laplace approximation (`vi.laplace`, L-BFGS) on a random
    subsample of n = `--subsample` rows, the likelihood scaled by N / n: m0
@@ -48,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.multiprocess import _blocks
-from benchmarks.multiprocess import D
+from benchmarks.million_rows import blocks
+from benchmarks.million_rows import D
 import vi_jax as vi
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
@@ -116,7 +117,7 @@ def recipe(args, data, n):
 
 
 def run(args):
-  x, y = _blocks(0, 1)
+  x, y = blocks(0, 1)
   n = len(x)
   data = (jnp.asarray(x), jnp.asarray(y))
   ref_mean, ref_cov = map(np.asarray, newton_laplace(*data))

@@ -29,24 +29,12 @@ import subprocess
 import sys
 import time
 
-N, D, NUM_BLOCKS = 1_000_000, 20, 4
+from benchmarks.million_rows import blocks
+from benchmarks.million_rows import D
+from benchmarks.million_rows import NUM_BLOCKS
+
 CONFIGS = ((1, 1), (1, 4), (2, 2))  # (processes, host devices per process)
 TIMEOUT_S = 600
-
-
-def _blocks(process_id, num_processes):
-  """This process's rows: blocks of N / NUM_BLOCKS rows, each its own seed."""
-  import numpy as np
-  w = np.linspace(-1., 1., D).astype(np.float32)
-  per = NUM_BLOCKS // num_processes
-  xs, ys = [], []
-  for b in range(process_id * per, (process_id + 1) * per):
-    rng = np.random.default_rng(b)
-    x = rng.standard_normal((N // NUM_BLOCKS, D)).astype(np.float32)
-    xs.append(x)
-    ys.append((rng.uniform(size=len(x)) < 1 / (1 + np.exp(-x @ w))).astype(
-        np.float32))
-  return np.concatenate(xs), np.concatenate(ys)
 
 
 def worker(args):
@@ -68,7 +56,7 @@ def worker(args):
   from jax.experimental import multihost_utils
   import vi_jax as vi
 
-  data = vi.sharding.shard_data(_blocks(args.process_id, args.num_processes))
+  data = vi.sharding.shard_data(blocks(args.process_id, args.num_processes))
   target = vi.minibatch.scaled_log_prob(
       lambda w: distrax.Normal(0., 1.).log_prob(w).sum(),
       lambda r, w: jnp.sum(r[1] * (r[0] @ w) - jax.nn.softplus(r[0] @ w)))

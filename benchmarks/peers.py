@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import common
+from benchmarks import targets
 
 INIT_SCALE = 0.1
 FAMILIES = ("mean-field", "full-rank")
@@ -75,7 +75,7 @@ def numpyro_svi(target, family, optimizer, sample_size):
   """NumPyro's `SVI` on `target`'s flat density (see the module docstring).
 
   `target` needs `dim` and `unconstrained_log_prob`. Used by `_numpyro` and by
-  `benchmarks.auto_accuracy`, which steps `svi.update` in chunks.
+  `benchmarks.auto_methods`, which steps `svi.update` in chunks.
   """
   import numpyro  # pylint: disable=g-import-not-at-top
   from numpyro import distributions as dist  # pylint: disable=g-import-not-at-top
@@ -188,7 +188,7 @@ _BUILDERS = {"vi_jax": _vi_jax, "numpyro": _numpyro, "blackjax": _blackjax,
              "tfp": _tfp}
 
 
-def build(library: str, family: str, target: common.Target,
+def build(library: str, family: str, target: targets.Target,
           optimizer: optax.GradientTransformation, sample_size: int,
           num_steps: int) -> Callable[[jax.Array], Fitted]:
   """`run(key) -> Fitted` for `library` in LIBRARIES, `family` in FAMILIES."""
@@ -219,7 +219,7 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args(argv)
   steps = 50 if args.quick else 500
-  target = common.eight_schools()
+  target = targets.eight_schools()
   optimizer = optax.adam(1e-2)
   rows = []
   for family in FAMILIES:

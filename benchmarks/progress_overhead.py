@@ -7,7 +7,7 @@ For each target, times one compiled `vi.fit` returning its whole FitResult
 (mean-field, sample_size 16, Adam, the loss traced every step) with the
 progress bar off (the default path), with the bar at its default refresh
 (written to /dev/null), and with NaN safety off, next to the bare kernel
-(benchmarks.common.bare_kernel, which computes gradients but no loss value).
+(benchmarks.kernels.bare_kernel, which computes gradients but no loss value).
 The compiled variants are called
 under an outer `jax.jit` (so the bar is closed by an in-program callback); a
 second table times top-level calls, what an interactive user runs (the bar is
@@ -25,13 +25,55 @@ import jax
 import optax
 
 import vi_jax as vi
-from benchmarks import common
+from benchmarks import kernels
+from benchmarks import targets
 
 
 def _compile(fn, key):
   compiled = jax.jit(fn).lower(key).compile()
   jax.block_until_ready(compiled(key))
   return compiled
+
+
+def _measure(target, optimizer, key, steps, repeats, args, bar):
+  """(the table's row, the top-level calls' row) of one target; prints the row."""
+  s = vi.surrogates.mean_field_normal(target.event_shape, target.bijector)
+
+  def run(k, progress_bar=False, skip_nonfinite=True, target=target, s=s):
+    return vi.fit(target.target_log_prob_fn, s, optimizer, steps, key=k,
+                  sample_size=args.sample_size, progress_bar=progress_bar,
+                  skip_nonfinite=skip_nonfinite)  # the whole FitResult
+
+  variants = {
+      "kernel": _compile(kernels.bare_kernel(
+          target.unconstrained_log_prob, target.dim, optimizer,
+          args.sample_size, steps), key),
+      "off": _compile(run, key),
+      "bar": _compile(lambda k: run(k, progress_bar=bar), key),
+      "nonan": _compile(lambda k: run(k, skip_nonfinite=False), key),
+  }
+  times = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name, fn in variants.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(key))
+      times[name].append(time.perf_counter() - t0)
+  med = {n: statistics.median(t) / steps * 1000 for n, t in times.items()}
+  row = (target.name, med["kernel"], med["off"], med["bar"], med["nonan"],
+         med["bar"] / med["off"] - 1, med["off"] / med["nonan"] - 1,
+         med["off"] / med["kernel"],
+         min(times["bar"]) / min(times["off"]) - 1)
+  print("| {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:+.1%} | {:+.1%} | "
+        "{:.3f} | {:+.1%} |".format(*row), flush=True)
+  # What an interactive user runs: top-level calls (trace + compile + run).
+  top = {"off": [], "bar": []}
+  for _ in range(max(2, repeats // 4)):
+    for name, pb in (("off", False), ("bar", bar)):
+      t0 = time.perf_counter()
+      jax.block_until_ready(run(key, progress_bar=pb).params)
+      top[name].append(time.perf_counter() - t0)
+  return row, (target.name, min(top["off"]), min(top["bar"]),
+               min(top["bar"]) / min(top["off"]) - 1)
 
 
 def main(argv=None):
@@ -54,47 +96,12 @@ def main(argv=None):
         "NaN-safety cost | default / kernel | bar overhead (min) |")
   print("|---|---|---|---|---|---|---|---|---|")
   rows, top_rows = [], []
-  for target in (common.eight_schools(),
-                 common.stochastic_volatility_small(),
-                 common.breast_cancer_logistic_regression()):
-    s = vi.surrogates.mean_field_normal(target.event_shape, target.bijector)
-
-    def run(k, progress_bar=False, skip_nonfinite=True, target=target, s=s):
-      return vi.fit(target.target_log_prob_fn, s, optimizer, steps, key=k,
-                    sample_size=args.sample_size, progress_bar=progress_bar,
-                    skip_nonfinite=skip_nonfinite)  # the whole FitResult
-
-    variants = {
-        "kernel": _compile(common.bare_kernel(
-            target.unconstrained_log_prob, target.dim, optimizer,
-            args.sample_size, steps), key),
-        "off": _compile(run, key),
-        "bar": _compile(lambda k: run(k, progress_bar=bar), key),
-        "nonan": _compile(lambda k: run(k, skip_nonfinite=False), key),
-    }
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-      for name, fn in variants.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(key))
-        times[name].append(time.perf_counter() - t0)
-    med = {n: statistics.median(t) / steps * 1000 for n, t in times.items()}
-    row = (target.name, med["kernel"], med["off"], med["bar"], med["nonan"],
-           med["bar"] / med["off"] - 1, med["off"] / med["nonan"] - 1,
-           med["off"] / med["kernel"],
-           min(times["bar"]) / min(times["off"]) - 1)
-    print("| {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:+.1%} | {:+.1%} | "
-          "{:.3f} | {:+.1%} |".format(*row), flush=True)
+  for target in (targets.eight_schools(),
+                 targets.stochastic_volatility_small(),
+                 targets.breast_cancer_logistic_regression()):
+    row, top_row = _measure(target, optimizer, key, steps, repeats, args, bar)
     rows.append(row)
-    # What an interactive user runs: top-level calls (trace + compile + run).
-    top = {"off": [], "bar": []}
-    for _ in range(max(2, repeats // 4)):
-      for name, pb in (("off", False), ("bar", bar)):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(key, progress_bar=pb).params)
-        top[name].append(time.perf_counter() - t0)
-    top_rows.append((target.name, min(top["off"]), min(top["bar"]),
-                     min(top["bar"]) / min(top["off"]) - 1))
+    top_rows.append(top_row)
   print("\nTop-level `vi.fit` calls (trace + compile + run, smallest of the "
         "repeats):\n")
   print("| target | bar off s | bar on s | bar overhead |")

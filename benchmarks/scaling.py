@@ -27,7 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import common
+from benchmarks import kernels
+from benchmarks import report
+from benchmarks import targets
+from benchmarks import timing
 import vi_jax as vi
 
 SAMPLE_SIZE = 16
@@ -47,17 +50,17 @@ def _time_pair(target, sample_size, steps, repeats):
                                               target.bijector)
   key = jax.random.key(0)
   fns = {
-      "bare kernel": common.bare_kernel(target.unconstrained_log_prob,
-                                        target.dim, optimizer, sample_size,
-                                        steps,
-                                        common.surrogate_params("mean-field",
-                                                                target)),
+      "bare kernel": kernels.bare_kernel(target.unconstrained_log_prob,
+                                         target.dim, optimizer, sample_size,
+                                         steps,
+                                         kernels.surrogate_params("mean-field",
+                                                                  target)),
       "vi_jax": lambda k: vi.fit(target.target_log_prob_fn, surrogate,
                                  optimizer, steps, key=k,
                                  sample_size=sample_size).trace,
   }
-  compiled = {n: common.compile_fn(f, key)[0] for n, f in fns.items()}
-  runs = common.time_interleaved(compiled, (key,), repeats)
+  compiled = {n: timing.compile_fn(f, key)[0] for n, f in fns.items()}
+  runs = timing.time_interleaved(compiled, (key,), repeats)
   return {n: statistics.median(t) / steps * 1000 for n, t in runs.items()}
 
 
@@ -66,10 +69,10 @@ def dimension_scaling(dims, repeats, quick):
   for kind in ("Gaussian", "logistic regression"):
     for d in dims:
       if kind == "Gaussian":
-        target = common.synthetic_gaussian(d)
+        target = targets.synthetic_gaussian(d)
         cost = SAMPLE_SIZE * d * 10
       else:
-        target = common.synthetic_logistic_regression(d - 1, 1000)
+        target = targets.synthetic_logistic_regression(d - 1, 1000)
         cost = SAMPLE_SIZE * d * 1000 * 4
       steps = _steps(cost, quick)
       t = _time_pair(target, SAMPLE_SIZE, steps, repeats)
@@ -81,7 +84,7 @@ def dimension_scaling(dims, repeats, quick):
 
 
 def sample_size_scaling(sizes, repeats, quick):
-  target = common.breast_cancer_logistic_regression()
+  target = targets.breast_cancer_logistic_regression()
   rows = []
   for s in sizes:
     steps = _steps(s * 31 * 569 * 4, quick)
@@ -139,9 +142,9 @@ def minibatch_throughput(sizes, repeats, quick, num_features=20):
       return vi.fit(_lr_log_prob(x, y, 1.), surrogate, optimizer, steps_fb,
                     key=k, sample_size=SAMPLE_SIZE).trace
 
-    compiled = {"minibatch": common.compile_fn(run_mb, key, x, y)[0],
-                "full batch": common.compile_fn(run_fb, key, x, y)[0]}
-    runs = common.time_interleaved(compiled, (key, x, y), repeats)
+    compiled = {"minibatch": timing.compile_fn(run_mb, key, x, y)[0],
+                "full batch": timing.compile_fn(run_fb, key, x, y)[0]}
+    runs = timing.time_interleaved(compiled, (key, x, y), repeats)
     mb = statistics.median(runs["minibatch"])
     fb = statistics.median(runs["full batch"])
     rows.append(dict(n=n, minibatch_rows_per_s=BATCH_SIZE * steps_mb / mb,
@@ -155,21 +158,21 @@ def minibatch_throughput(sizes, repeats, quick, num_features=20):
 def tables(dim_rows, s_rows, mb_rows) -> str:
   parts = [
       "Step time against latent dimension (mean-field, S = 16):\n",
-      common.markdown_table(
+      report.markdown_table(
           ("target", "dim", "steps", "kernel s/1000", "vi_jax s/1000",
            "ratio"),
           [(r["kind"], r["dim"], r["steps"], r["kernel"], r["vi_jax"],
             r["ratio"]) for r in dim_rows]),
       "\n\nStep time against sample size (breast-cancer logistic "
       "regression, mean-field):\n",
-      common.markdown_table(
+      report.markdown_table(
           ("S", "steps", "kernel s/1000", "vi_jax s/1000", "ratio"),
           [(r["sample_size"], r["steps"], r["kernel"], r["vi_jax"], r["ratio"])
            for r in s_rows]),
       f"\n\nMinibatch throughput (logistic regression, 20 features, batch "
       f"{BATCH_SIZE}, S = 16, hand-written minibatch loss via "
       "vi.fit(loss=...)):\n",
-      common.markdown_table(
+      report.markdown_table(
           ("N rows", "minibatch rows/s", "full-batch rows/s",
            "minibatch s/1000 steps", "full-batch s/1000 steps"),
           [(r["n"], r["minibatch_rows_per_s"], r["full_batch_rows_per_s"],

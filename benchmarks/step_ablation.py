@@ -7,8 +7,8 @@ A diagnostic for the small-problem cost (issue 13), not part of `run_all`.
 Every variant is `vi.fit` (mean-field, Adam 1e-2, loss traced) with one
 engine piece replaced by a no-op, compiled in this process and timed with the
 bare kernel and the bare kernel with the loss value (each also in vi_jax's
-chunks: `benchmarks.common.bare_kernel(..., chunk=50)`) and Blackjax,
-interleaved (`benchmarks.common.time_interleaved`). Pin the process to one core
+chunks: `benchmarks.kernels.bare_kernel(..., chunk=50)`) and Blackjax,
+interleaved (`benchmarks.timing.time_interleaved`). Pin the process to one core
 (`taskset -c 0`) to see the compute without XLA:CPU's thread-pool overhead.
 
 Variants (comma-separated):
@@ -36,14 +36,15 @@ Prints microseconds per step and the wall and CPU-time ratios to the kernel.
 
 import argparse
 import contextlib
-import importlib
 
 import jax
 import optax
 
-from benchmarks import common
+from benchmarks import kernels
 from benchmarks import peers
 from benchmarks import step_cost
+from benchmarks import targets
+from benchmarks import timing
 
 VARIANTS = ("full", "no-guard", "guard-check-only", "guard-select-only",
             "one-chunk", "no-base-materialize",
@@ -62,10 +63,11 @@ def _replaced(module, name, value):
 
 def _patch(variant):
   """A context manager that turns one engine piece off while tracing."""
-  # The modules (`vi_jax.stochastic.svi` the function shadows its module on the package).
-  rng, fit, base, target, loop, guards = (
-      importlib.import_module(f"vi_jax.{m}")
-      for m in ("_rng", "fit", "surrogates.base", "target", "loop", "guards"))
+  from vi_jax._src import rng  # pylint: disable=g-import-not-at-top
+  from vi_jax.model import target  # pylint: disable=g-import-not-at-top
+  from vi_jax.stochastic import guards, loop  # pylint: disable=g-import-not-at-top
+  from vi_jax.stochastic import svi as fit  # pylint: disable=g-import-not-at-top
+  from vi_jax.surrogates import base  # pylint: disable=g-import-not-at-top
   identity = lambda x: x
   if variant == "no-guard":
     guard = fit.with_nonfinite_guard
@@ -95,39 +97,39 @@ def _patch(variant):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--target", default="eight_schools",
-                      choices=tuple(common.TARGETS))
+                      choices=tuple(targets.TARGETS))
   parser.add_argument("--sample-size", type=int, default=1)
   parser.add_argument("--variants", default=",".join(VARIANTS))
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args(argv)
-  target = common.TARGETS[args.target]()
+  target = targets.TARGETS[args.target]()
   optimizer, key, s = optax.adam(1e-2), jax.random.key(0), args.sample_size
-  params = common.surrogate_params("mean-field", target)
+  params = kernels.surrogate_params("mean-field", target)
   fns = {
-      "kernel": common.bare_kernel(target.unconstrained_log_prob, target.dim,
-                                   optimizer, s, target.steps, params),
-      "kernel (chunked)": common.bare_kernel(
+      "kernel": kernels.bare_kernel(target.unconstrained_log_prob, target.dim,
+                                    optimizer, s, target.steps, params),
+      "kernel (chunked)": kernels.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s,
           target.steps, params, chunk=step_cost.KERNEL_CHUNK),
-      "kernel + loss": common.bare_kernel(
+      "kernel + loss": kernels.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s,
           target.steps, params, with_loss=True),
-      "kernel + loss (chunked)": common.bare_kernel(
+      "kernel + loss (chunked)": kernels.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s,
           target.steps, params, with_loss=True, chunk=step_cost.KERNEL_CHUNK),
       "blackjax": peers.build("blackjax", "mean-field", target, optimizer, s,
                               target.steps),
   }
-  compiled = {name: common.compile_fn(fn, key)[0] for name, fn in fns.items()}
+  compiled = {name: timing.compile_fn(fn, key)[0] for name, fn in fns.items()}
   for variant in args.variants.split(","):
     if variant not in VARIANTS:
       raise ValueError(f"--variants: {variant!r} is not one of {VARIANTS}")
     with _patch(variant):
       fn = peers.build("vi_jax", "mean-field", target, optimizer, s,
                        target.steps)
-      compiled[f"vi_jax {variant}"] = common.compile_fn(fn, key)[0]
+      compiled[f"vi_jax {variant}"] = timing.compile_fn(fn, key)[0]
   cpu = {}
-  runs = common.time_interleaved(compiled, (key,), args.repeats, {}, cpu,
+  runs = timing.time_interleaved(compiled, (key,), args.repeats, {}, cpu,
                                  budget_s=30.)
   wall0, cpu0 = min(runs["kernel"]), min(cpu["kernel"])
   chunked0 = min(runs["kernel (chunked)"])

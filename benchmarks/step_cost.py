@@ -21,7 +21,7 @@ S = 1 and 16, "bare kernel + loss" also computes and traces the loss value
 (`vmap(value_and_grad(log p))`), and "bare kernel (chunked)" and "bare kernel
 + loss (chunked)" are those two as an outer scan over inner scans of at most
 50 steps, as vi_jax's loop runs (XLA:CPU executes a small loop body faster
-when its buffers are small: see `benchmarks.common.bare_kernel`). Peers run
+when its buffers are small: see `benchmarks.kernels.bare_kernel`). Peers run
 at S = 1 and 16 only unless --peers-at-all-sizes.
 Full-rank is skipped above 1000 dimensions (its dim^2 parameters dominate).
 """
@@ -32,8 +32,11 @@ import statistics
 import jax
 import optax
 
-from benchmarks import common
+from benchmarks import kernels
 from benchmarks import peers
+from benchmarks import report
+from benchmarks import targets
+from benchmarks import timing
 
 FULL_RANK_MAX_DIM = 1000
 KERNEL_CHUNK = 50  # steps per inner scan of "bare kernel (chunked)"
@@ -70,27 +73,27 @@ def measure_target(target, sample_sizes, repeats, quick=False,
                  ("vi_jax",))
     fns = {}
     for family in families:
-      fns[("bare kernel", family)] = common.bare_kernel(
+      fns[("bare kernel", family)] = kernels.bare_kernel(
           target.unconstrained_log_prob, target.dim, optimizer, s, steps,
-          common.surrogate_params(family, target))
+          kernels.surrogate_params(family, target))
       if family == "mean-field" and s in (1, 16):
         for chunk, with_loss in ((None, True), (KERNEL_CHUNK, False),
                                  (KERNEL_CHUNK, True)):
-          fns[(_kernel_name(chunk, with_loss), family)] = common.bare_kernel(
+          fns[(_kernel_name(chunk, with_loss), family)] = kernels.bare_kernel(
               target.unconstrained_log_prob, target.dim, optimizer, s, steps,
-              common.surrogate_params(family, target), with_loss=with_loss,
+              kernels.surrogate_params(family, target), with_loss=with_loss,
               chunk=chunk)
       if family == "mean-field" and s == 16:
-        fns[("bare kernel (dim)", family)] = common.bare_kernel(
+        fns[("bare kernel (dim)", family)] = kernels.bare_kernel(
             target.unconstrained_log_prob, target.dim, optimizer, s, steps)
       for library in libraries:
         fns[(library, family)] = peers.build(library, family, target,
                                              optimizer, s, steps)
     compiled, compile_s = {}, {}
     for name, fn in fns.items():
-      compiled[name], compile_s[name] = common.compile_fn(fn, key)
+      compiled[name], compile_s[name] = timing.compile_fn(fn, key)
     outputs, cpu = {}, {}
-    runs = common.time_interleaved(compiled, (key,), repeats, outputs, cpu,
+    runs = timing.time_interleaved(compiled, (key,), repeats, outputs, cpu,
                                    budget_s=20.)
     if fitted is not None:
       for (method, family), out in outputs.items():
@@ -102,7 +105,7 @@ def measure_target(target, sample_sizes, repeats, quick=False,
       rows.append(dict(target=target.name, sample_size=s, family=family,
                        method=method, steps=steps,
                        s_per_1000=med / steps * 1000, ratio=med / kernel,
-                       noise=common.noise(t),
+                       noise=timing.noise(t),
                        cpu_ratio=min(cpu[(method, family)]) /
                        min(cpu[("bare kernel", family)]),
                        compile_s=compile_s[(method, family)]))
@@ -114,7 +117,7 @@ HEADER = ("target", "S", "family", "method", "s / 1000 steps",
 
 
 def as_table(rows) -> str:
-  return common.markdown_table(HEADER, [
+  return report.markdown_table(HEADER, [
       (r["target"], r["sample_size"], r["family"], r["method"],
        r["s_per_1000"], r["ratio"], r["noise"], r["cpu_ratio"], r["compile_s"])
       for r in rows])
@@ -146,7 +149,7 @@ def summary(rows) -> str:
         f"{fastest_compile['method']} {fastest_compile['compile_s']:.2f}"
         if fastest_compile else "-",
     ))
-  return common.markdown_table(
+  return report.markdown_table(
       ("target", "vi_jax / kernel", "vi_jax / kernel (dim)",
        "vi_jax / (kernel + loss)",
        "fastest peer / kernel", "vi_jax compile s", "fastest peer compile s"),
@@ -157,20 +160,20 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--targets", default=None,
-                      help="comma-separated keys of common.TARGETS")
+                      help="comma-separated keys of targets.TARGETS")
   parser.add_argument("--sample-sizes", default=None)
   parser.add_argument("--repeats", type=int, default=None)
   parser.add_argument("--peers-at-all-sizes", action="store_true")
   args = parser.parse_args(argv)
   names = (args.targets.split(",") if args.targets else
-           list(common.QUICK_TARGETS if args.quick else common.TARGETS))
+           list(targets.QUICK_TARGETS if args.quick else targets.TARGETS))
   sizes = ([int(s) for s in args.sample_sizes.split(",")] if args.sample_sizes
            else ([16] if args.quick else [1, 16, 128]))
   repeats = args.repeats or (1 if args.quick else 5)
-  print(common.machine_description(), flush=True)
+  print(report.machine_description(), flush=True)
   rows = []
   for name in names:
-    target = common.TARGETS[name]()
+    target = targets.TARGETS[name]()
     new = measure_target(target, sizes, repeats, args.quick,
                          args.peers_at_all_sizes)
     print(as_table(new), flush=True)

@@ -1,4 +1,5 @@
-"""Tests of benchmarks.auto_targets and the pieces of benchmarks.auto_accuracy."""
+"""Tests of benchmarks.auto_targets, benchmarks.auto_methods and the pieces of
+benchmarks.auto_accuracy."""
 
 import math
 
@@ -10,7 +11,9 @@ import optax
 import pytest
 
 from benchmarks import auto_accuracy
+from benchmarks import auto_methods
 from benchmarks import auto_targets
+from benchmarks import targets
 import vi_jax as vi
 
 # Targets whose identity transformation keeps the latents' leaf order, so the
@@ -74,7 +77,7 @@ def test_lgcp_needs_x64_and_is_finite_at_reference_mean():
 
 def test_german_credit_density_equals_inference_gyms():
   from inference_gym import using_jax as gym  # pylint: disable=g-import-not-at-top
-  x, y = auto_targets.german_credit_data()
+  x, y = targets.german_credit_data()
   model = gym.targets.LogisticRegression(train_features=x, train_labels=y)
   t = auto_targets.get("german_credit")
   w = jax.random.normal(jax.random.key(0), (5, t.dim)) * 0.3
@@ -129,16 +132,16 @@ def test_accuracy_on_reference_draws_and_shifted_draws():
   t = auto_targets.get("german_credit")
   draws = (t.ref_mean + t.ref_std *
            np.random.default_rng(0).standard_normal((4000, t.dim)))
-  errors = auto_accuracy.accuracy(t, draws)
-  assert auto_accuracy.passes(errors)
+  errors = auto_methods.accuracy(t, draws)
+  assert auto_methods.passes(errors)
   shifted = draws + 0.2 * t.ref_std
-  assert not auto_accuracy.passes(auto_accuracy.accuracy(t, shifted))
-  assert not auto_accuracy.passes(auto_accuracy.accuracy(t, draws * 1.2))
+  assert not auto_methods.passes(auto_methods.accuracy(t, shifted))
+  assert not auto_methods.passes(auto_methods.accuracy(t, draws * 1.2))
 
 
 def test_counting_counts_gradient_evaluations_only():
   counter = [0]
-  f = auto_accuracy._counting(lambda u: -0.5 * jnp.sum(u**2), counter)  # pylint: disable=protected-access
+  f = auto_methods._counting(lambda u: -0.5 * jnp.sum(u**2), counter)  # pylint: disable=protected-access
   u = jnp.arange(3.)
   g = jax.jit(jax.grad(f))
   for _ in range(3):

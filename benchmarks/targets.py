@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: targets, the bare kernel, timing, reporting.
+"""The benchmark targets: each posterior in vi_jax's API and as a flat density.
 
 Every target is exposed two ways, with the same density on the same
 unconstrained space:
@@ -13,18 +13,16 @@ References (`ref_mean`, `ref_std`, flat over the constrained latents in pytree
 leaf order) come from inference_gym's ground truth where it has one.
 """
 
-import datetime
-import functools
 import os
-import platform
-import statistics
-import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+GERMAN_CREDIT_FILE = os.path.join(DATA_DIR, "german_credit",
+                                  "german.data-numeric")
 
 
 class Target(NamedTuple):
@@ -174,13 +172,26 @@ def breast_cancer_logistic_regression() -> Target:
                               2000)
 
 
+def german_credit_data() -> tuple[np.ndarray, np.ndarray]:
+  """(features [1000, 24] standardized as inference_gym does, labels [1000]).
+
+  The label is `raw - 1` (raw 1 = good, 2 = bad: 1 = bad credit), the
+  encoding under which inference_gym's ground truth holds (NUTS on this data
+  reproduces it within 0.034 sd; the flipped labels put the mode 25 sds off).
+  Features are standardized with the population sd (numpy's `std`), as
+  inference_gym's `data._normalize_zero_mean_one_std` does.
+  """
+  raw = np.loadtxt(GERMAN_CREDIT_FILE)
+  x, y = raw[:, :-1], (raw[:, -1] - 1).astype(np.int32)
+  return (x - x.mean(0)) / x.std(0), y
+
+
 def german_credit_logistic_regression() -> Target:
   """UCI German credit (numeric), as inference_gym's
   GermanCreditNumericLogisticRegression: 24 standardized features plus an
   intercept, N(0, 1) priors, label 1 for a bad credit (code 2), 1000 rows
   (25 dims); reference from inference_gym's ground truth."""
   from inference_gym.targets.ground_truth import german_credit_numeric_logistic_regression as gt  # pylint: disable=g-import-not-at-top
-  from benchmarks.auto_targets import german_credit_data  # pylint: disable=g-import-not-at-top
   x, y = german_credit_data()
   y = y.astype(np.float32)
   t = _logistic_regression("logistic regression German credit (25)", x, y,
@@ -232,197 +243,3 @@ TARGETS = {
     "synthetic_lr": synthetic_logistic_regression,
 }
 QUICK_TARGETS = ("eight_schools",)
-
-
-def _chunk_steps(num_steps: int, most: int) -> int:
-  """The largest divisor of `num_steps` that is at most `most`."""
-  return max(d for d in range(1, min(num_steps, most) + 1)
-             if num_steps % d == 0)
-
-
-def bare_kernel(unconstrained_log_prob, dim, optimizer, sample_size,
-                num_steps, params=None, with_loss=False, chunk=None):
-  """The irreducible work: scan of vmap(grad(log p)) on S points + optax update.
-
-  Args:
-    unconstrained_log_prob: `u: [dim] -> scalar`.
-    dim: the unconstrained dimension.
-    optimizer: the optax optimizer the methods use.
-    sample_size: S, points per step.
-    num_steps: scan length.
-    params: the params pytree the optax update runs on (default: one vector
-      `[dim]`). Pass the surrogate's params (e.g. `{"loc": [dim],
-      "raw_scale": [dim]}`) for "the same optax update" as the method: the
-      update then costs what the method's own update costs. The S points are
-      the first `[dim]` leaf plus standard normal noise; every `[dim]` leaf
-      gets the mean gradient, other leaves its first entry.
-
-    with_loss: also compute the log densities of the S points with
-      `jax.vmap(jax.value_and_grad(log p))` and trace their negated mean every
-      step ("bare kernel + loss": what any ELBO that reports its value pays
-      on top of the kernel, whatever the engine).
-    chunk: None, or at most this many steps per inner `lax.scan` (the
-      largest divisor of `num_steps`), an outer scan over the chunks ("bare
-      kernel (chunked)"): XLA:CPU runs a loop body op by op, without its
-      task-graph executor, only when every buffer the loop touches is at most
-      512 bytes; a scan over all `[num_steps, 2]` keys is not. vi_jax's fit
-      loop runs in such chunks (`vi_jax.stochastic.loop`), so this is the kernel with
-      the same advantage.
-
-  Returns:
-    `key -> final params` (with_loss: `(final params, [num_steps] losses)`),
-    to jit.
-  """
-  value_and_grad = jax.vmap(jax.value_and_grad(unconstrained_log_prob))
-  if params is None:
-    params = jnp.zeros((dim,))
-  params = jax.tree_util.tree_map(jnp.zeros_like, params)
-  leaves = jax.tree_util.tree_leaves(params)
-  first = next(i for i, l in enumerate(leaves) if l.shape == (dim,))
-
-  def run(key):
-    opt_state = optimizer.init(params)
-
-    def body(carry, k):
-      params, opt_state = carry
-      loc = jax.tree_util.tree_leaves(params)[first]
-      points = loc + jax.random.normal(k, (sample_size, dim))
-      value, g = value_and_grad(points)
-      g = -jnp.mean(g, axis=0)
-      grads = jax.tree_util.tree_map(
-          lambda l: g if l.shape == (dim,) else jnp.broadcast_to(g[0], l.shape),
-          params)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return ((optax.apply_updates(params, updates), opt_state),
-              -jnp.mean(value) if with_loss else None)
-
-    keys = jax.random.split(key, num_steps)
-    if chunk is None:
-      (final, _), losses = jax.lax.scan(body, (params, opt_state), keys)
-    else:
-      k = _chunk_steps(num_steps, chunk)
-      (final, _), losses = jax.lax.scan(
-          lambda carry, ks: jax.lax.scan(body, carry, ks),
-          (params, opt_state), keys.reshape((num_steps // k, k)))
-      losses = None if losses is None else losses.reshape(-1)
-    return (final, losses) if with_loss else final
-
-  return run
-
-
-def surrogate_params(family: str, target: "Target"):
-  """The vi_jax surrogate's initial params pytree for `family` on `target`."""
-  import vi_jax as vi  # pylint: disable=g-import-not-at-top
-  make = (vi.surrogates.mean_field_normal if family == "mean-field" else
-          vi.surrogates.full_rank_normal)
-  return make(target.event_shape, target.bijector).init(jax.random.key(0))
-
-
-def compile_fn(fn, *args):
-  """(compiled, seconds to trace + lower + compile) of `jax.jit(fn)`.
-
-  Compiled twice; the smaller time is reported. The second compile wraps `fn`
-  anew (`functools.partial`), so the program is traced, lowered and compiled
-  again while helpers that libraries share and cache (`jax.random`'s jitted
-  samplers, ...) are warm for every method alike: neither the order of the
-  methods nor one noisy compile decides the comparison.
-  """
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  first = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  jax.jit(functools.partial(fn)).lower(*args).compile()
-  return compiled, min(first, time.perf_counter() - t0)
-
-
-def time_interleaved(compiled: dict, args: tuple, repeats: int,
-                     outputs: Optional[dict] = None,
-                     cpu: Optional[dict] = None,
-                     budget_s: float = float("inf")) -> dict:
-  """Runs each compiled function `repeats` times, interleaved; name -> [s].
-
-  One warm-up call each first, whose result goes to `outputs[name]` when a
-  dict is given. Interleaving spreads machine noise evenly over the methods.
-  When `cpu` is a dict, it receives name -> [process CPU seconds] of the same
-  runs (all threads; less sensitive than wall time to other jobs on a shared
-  machine). Stops after 3 repeats once `budget_s` seconds have passed.
-  """
-  for name, f in compiled.items():
-    out = jax.block_until_ready(f(*args))
-    if outputs is not None:
-      outputs[name] = out
-  runs = {name: [] for name in compiled}
-  if cpu is not None:
-    cpu.update({name: [] for name in compiled})
-  start = time.perf_counter()
-  for r in range(repeats):
-    if r >= 3 and time.perf_counter() - start > budget_s:
-      break
-    for name, f in compiled.items():
-      c0, t0 = time.process_time(), time.perf_counter()
-      jax.block_until_ready(f(*args))
-      runs[name].append(time.perf_counter() - t0)
-      if cpu is not None:
-        cpu[name].append(time.process_time() - c0)
-  return runs
-
-
-def time_compiled(fn, *args, repeats=5):
-  """(compile seconds, median run seconds) of `jax.jit(fn)(*args)`."""
-  compiled, compile_s = compile_fn(fn, *args)
-  runs = time_interleaved({"f": compiled}, args, repeats)["f"]
-  return compile_s, statistics.median(runs)
-
-
-def noise(runs) -> float:
-  """Relative spread of repeated timings: (max - min) / median."""
-  med = statistics.median(runs)
-  return (max(runs) - min(runs)) / med if med else float("nan")
-
-
-def machine_description() -> str:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  versions = []
-  for pkg in ("jax", "jaxlib", "optax", "distrax", "numpyro", "blackjax",
-              "tfp-nightly", "inference-gym"):
-    try:
-      versions.append(f"{pkg} {md.version(pkg)}")
-    except md.PackageNotFoundError:
-      pass
-  dev = jax.devices()[0]
-  return (f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
-          f"- machine: {cpu}, {os.cpu_count()} cores, "
-          f"{platform.system()} {platform.release()}, Python "
-          f"{platform.python_version()}\n"
-          f"- JAX device: {dev.platform} ({dev.device_kind}); XLA_FLAGS="
-          f"{os.environ.get('XLA_FLAGS', '(unset)')}\n"
-          f"- versions: {', '.join(versions)}\n")
-
-
-def markdown_table(header, rows) -> str:
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for r in rows:
-    lines.append("| " + " | ".join(_fmt(x) for x in r) + " |")
-  return "\n".join(lines)
-
-
-def _fmt(x) -> str:
-  if isinstance(x, float):
-    if x != x:
-      return "nan"
-    if abs(x) >= 100:
-      return f"{x:.1f}"
-    if abs(x) >= 1:
-      return f"{x:.3f}"
-    return f"{x:.4f}"
-  return str(x)
