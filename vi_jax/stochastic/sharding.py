@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from vi_jax._src.types import PyTree
-from vi_jax.stochastic.minibatch import num_rows
+from vi_jax.model.subsampling import num_rows
 
 __all__ = ["data_mesh", "shard_data", "num_devices", "is_main_process"]
 
