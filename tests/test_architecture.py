@@ -55,3 +55,45 @@ def test_one_compile_cache():
            if isinstance(node, ast.Attribute) and node.attr == "lru_cache"
            or isinstance(node, ast.Name) and node.id == "lru_cache"]
   assert not users, f"lru_cache outside vi_jax._src.compile_cache: {users}"
+
+
+def _cycles(graph, modules) -> list:
+  """Strongly connected components of more than one module (Tarjan)."""
+  index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+  def visit(m):
+    index[m] = low[m] = len(index)
+    stack.append(m)
+    on_stack.add(m)
+    for n in graph.find_modules_directly_imported_by(m) & modules:
+      if n not in index:
+        visit(n)
+        low[m] = min(low[m], low[n])
+      elif n in on_stack:
+        low[m] = min(low[m], index[n])
+    if low[m] == index[m]:
+      component = set()
+      while True:
+        n = stack.pop()
+        on_stack.discard(n)
+        component.add(n)
+        if n == m:
+          break
+      if len(component) > 1:
+        found.append(sorted(component))
+
+  for m in sorted(modules):
+    if m not in index:
+      visit(m)
+  return found
+
+
+def test_no_import_cycle_in_vi_jax_or_benchmarks():
+  grimp = __import__("grimp")  # import-linter's import graph
+  graph = grimp.build_graph("vi_jax", "benchmarks")
+  packages = {m for m in graph.modules
+              if m in ("vi_jax", "benchmarks") or (ROOT / m.split(".", 1)[-1].replace(
+                  ".", "/") / "__init__.py").exists()}
+  # A package's __init__ re-exports its modules; a cycle through it is not one.
+  modules = set(graph.modules) - packages
+  assert not _cycles(graph, modules)
