@@ -136,34 +136,6 @@ def test_funnel_says_no_or_a_flow_passes():
     assert "mean_field" in messages[0] and "k-hat" in messages[0]
 
 
-def test_k_hat_near_0_7_is_estimated_again_from_four_times_the_draws():
-  """q = N(0, 1), p = N(0, s^2): the weights exp(x^2 (1 - 1/s^2) / 2) have a
-  Pareto tail of shape k = 1 - 1/s^2 (closed form; here 0.7). The refined
-  k-hat (64,000 draws) is near it; records away from 0.7, or passed, are
-  kept."""
-  stages = __import__("importlib").import_module("vi_jax.auto.stages")
-  k_true = 0.7
-  target = lambda z: jnp.sum(-0.5 * z ** 2 * (1. - k_true))
-  q = vi.surrogates.mean_field_normal(event_shape=(1,), init_scale=1.)
-  params = q.init(jax.random.key(0))
-  config = stages.Config(num_draws=16_000, dadvi_draws=30,
-                         max_dadvi_draws=480, max_iterations=500,
-                         flow_steps=8, dtype=None, max_k_hat=0.5)
-  record = vi.StageRecord("flow", "Adam", 0.65, 0.5, -1., 0., 0., 8, 1.,
-                          False, "fail: k-hat 0.65 >= 0.50")
-  keys = jax.random.split(jax.random.key(1), 8)
-  refined = [stages.refine_k_hat(target, record, q, params, config, k)
-             for k in keys]
-  k64 = np.array([r.k_hat for r in refined])
-  assert abs(k64.mean() - k_true) < 0.1, k64
-  assert "from 64,000 draws, 0.65 from 16,000" in refined[0].note
-  far = record._replace(k_hat=0.5)
-  assert stages.refine_k_hat(target, far, q, params, config, keys[0]) is far
-  passed = record._replace(passed=True)
-  assert stages.refine_k_hat(target, passed, q, params, config,
-                             keys[0]) is passed
-
-
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(key=None), TypeError, "key"),
     (dict(event_shape="x"), ValueError, "event_shape"),
