@@ -5,9 +5,10 @@ of ADVI by its sample-average approximation (SAA): draw the base noise once,
 keep it fixed (common random numbers: the same key in
 `surrogate.sample_and_log_prob(params, key, M)` at every evaluation), and
 minimize the resulting deterministic -ELBO with a deterministic optimizer
-(here `optax.lbfgs` with its zoom line search, one `lax.while_loop` in one
-compile). There is no learning rate to choose, and the stopping rule is the
-optimizer's.
+(here `optax.lbfgs` with its zoom line search, the iteration of
+`vi_jax._src.lbfgs` shared with `vi.laplace` and `vi.pathfinder`, one
+`lax.while_loop` in one compile). There is no learning rate to choose, and
+the stopping rule is the optimizer's.
 
 The price is a Monte Carlo error that does not average out along the path:
 the optimum depends on the M draws. `dadvi` estimates the error of the
@@ -23,6 +24,7 @@ of the latents at the optimum (Giordano, Broderick & Jordan 2018), which
 corrects the variance underestimation of mean-field.
 """
 
+import functools
 import math
 import warnings
 from typing import NamedTuple, Optional
@@ -36,6 +38,8 @@ from jax.flatten_util import ravel_pytree
 from vi_jax.model import bijectors as bij_lib
 from vi_jax._src.types import Array, Params, PRNGKey, TargetLogProbFn
 from vi_jax._src import compile_cache
+from vi_jax._src.lbfgs import (keep_finite, lbfgs_start, lbfgs_step,
+                               relative_decrease)
 from vi_jax.criticism.diagnostics import importance_log_weights
 from vi_jax._src import validation as vv
 from vi_jax.objectives.losses import negative_elbo
@@ -75,43 +79,61 @@ def _objective(target_log_prob_fn, surrogate, num_draws, key):
                                 num_draws)
 
 
+class _SolveState(NamedTuple):
+  x: Params            # the current params
+  value: Array         # shape=(), the SAA objective at x
+  grad: Params         # its gradient
+  opt_state: optax.OptState
+  iteration: Array     # shape=(), int32
+  done: Array          # shape=(), bool
+  num_evals: Array     # shape=(), int32: value-and-gradient calls
+  converged: Array     # shape=(), bool: the last step met gtol or ftol
+
+
+def _solve_step(objective, solver, max_iterations, gtol, ftol,
+                st: _SolveState) -> _SolveState:
+  """One L-BFGS iteration and scipy L-BFGS-B's stopping rules.
+
+  Converged when the step is finite and its gradient's largest entry is at
+  most `gtol` or its `relative_decrease` at most `ftol` (Byrd, Lu, Nocedal &
+  Zhu 1995); done also at a non-finite step (not taken) or `max_iterations`.
+  """
+  step = lbfgs_step(objective, solver, st.x, st.value, st.grad, st.opt_state)
+  small_grad = optax.tree.norm(step.grad, ord=jnp.inf) <= gtol
+  small_decrease = relative_decrease(st.value, step.value) <= ftol
+  converged = step.finite & (small_grad | small_decrease)
+  iteration = st.iteration + 1
+  done = ~step.finite | converged | (iteration >= max_iterations)
+  new = keep_finite(step, st.x, st.value, st.grad, st.opt_state)
+  return _SolveState(*new, iteration=iteration, done=done,
+                     num_evals=st.num_evals + step.num_evals,
+                     converged=converged)
+
+
 def _lbfgs_solve(target_log_prob_fn, surrogate, num_draws, max_iterations,
                  gtol, ftol, params, key) -> _Solve:
-  """Minimizes the fixed-draw -ELBO by L-BFGS in one `lax.while_loop`."""
+  """Minimizes the fixed-draw -ELBO by L-BFGS in one `lax.while_loop`.
+
+  The iteration is `vi_jax._src.lbfgs`'s (as `vi.laplace`'s and
+  `vi.pathfinder`'s) on the params pytree; `num_objective_evals` counts the
+  start and every line-search trial.
+  """
   objective = _objective(target_log_prob_fn, surrogate, num_draws, key)
-  opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(objective)
-
-  def body(carry):
-    p, state, it, evals, _ = carry
-    value, grad = value_and_grad(p, state=state)
-    # value_and_grad_from_state recomputes only when the stored value is not
-    # finite (the first iteration, or after a failed line search).
-    evals += (~jnp.isfinite(optax.tree.get(state, "value"))).astype(jnp.int32)
-    updates, state = opt.update(grad, state, p, value=value, grad=grad,
-                                value_fn=objective)
-    p = optax.apply_updates(p, updates)
-    evals += jnp.asarray(optax.tree.get(state, "num_linesearch_steps"),
-                         jnp.int32)
-    new_value = optax.tree.get(state, "value")
-    new_grad = optax.tree.get(state, "grad")
-    small_grad = optax.tree.norm(new_grad, ord=jnp.inf) <= gtol
-    scale = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(new_value)), 1.)
-    small_decrease = (value - new_value) <= ftol * scale
-    done = jnp.isfinite(new_value) & (small_grad | small_decrease)
-    return p, state, it + 1, evals, done
-
-  def cond(carry):
-    return (carry[2] < max_iterations) & ~carry[4]
-
-  init = (params, opt.init(params), jnp.int32(0), jnp.int32(0),
-          jnp.bool_(False))
-  params, _, iterations, evals, done = jax.lax.while_loop(cond, body, init)
-  _, log_w = importance_log_weights(target_log_prob_fn, surrogate, params,
+  solver = optax.lbfgs()
+  start = lbfgs_start(objective, solver, params)
+  state = _SolveState(*start[:4], iteration=jnp.zeros((), jnp.int32),
+                      done=~start.finite | (max_iterations < 1),
+                      num_evals=start.num_evals, converged=jnp.bool_(False))
+  state = jax.lax.while_loop(
+      lambda st: ~st.done,
+      functools.partial(_solve_step, objective, solver, max_iterations, gtol,
+                        ftol), state)
+  _, log_w = importance_log_weights(target_log_prob_fn, surrogate, state.x,
                                     key, num_draws)
   loss = -jnp.mean(log_w)
   loss_se = jnp.std(log_w, ddof=1) / math.sqrt(num_draws)
-  return _Solve(params, loss, loss_se, evals, iterations, done)
+  return _Solve(state.x, loss, loss_se, state.num_evals, state.iteration,
+                state.converged)
 
 
 def _check_positive_float(name, value, allow_inf=False) -> float:

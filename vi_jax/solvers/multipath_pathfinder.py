@@ -27,7 +27,8 @@ from vi_jax._src.types import Array, Params, PyTree
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
 from vi_jax._src import validation as vv
-from vi_jax._src.lbfgs import lbfgs_step
+from vi_jax._src.lbfgs import (keep_finite, lbfgs_start, lbfgs_step,
+                               relative_decrease)
 from vi_jax.model.target import (call_target, check_target_on_space,
                                  flat_log_density,
                                  traced_once)
@@ -185,7 +186,7 @@ def _step(log_density, solver, num_elbo_draws, ftol, gtol, max_iterations,
   """One L-BFGS iteration, its history update and its Gaussian's ELBO."""
   neg = lambda x: -log_density(x[None])[0]
   step = lbfgs_step(neg, solver, st.x, st.value, st.grad, st.opt_state)
-  x, value, grad, opt_state, finite = step[:5]
+  x, value, grad, finite = step.x, step.value, step.grad, step.finite
   ds, dz = x - st.x, grad - st.grad
   eps = jnp.finfo(x.dtype).eps
   accept = finite & (jnp.dot(ds, dz) > eps * jnp.dot(dz, dz))
@@ -202,15 +203,11 @@ def _step(log_density, solver, num_elbo_draws, ftol, gtol, max_iterations,
                num_elbo_draws)
   elbo = jnp.where(finite, elbo, -jnp.inf)
   better = elbo > st.best_elbo
-  rel_decrease = jnp.abs(st.value - value) / jnp.maximum(
-      jnp.maximum(jnp.abs(st.value), jnp.abs(value)), 1.)
+  rel_decrease = jnp.abs(relative_decrease(st.value, value))
   iteration = st.iteration + 1
   done = (~finite | (rel_decrease < ftol) |
           (jnp.linalg.norm(grad) < gtol) | (iteration >= max_iterations))
-  keep = lambda new, old: jax.tree_util.tree_map(
-      lambda a, b: jnp.where(finite, a, b), new, old)
-  moved = keep((x, value, grad, opt_state), (st.x, st.value, st.grad,
-                                              st.opt_state))
+  moved = keep_finite(step, st.x, st.value, st.grad, st.opt_state)
   return _PathState(
       *moved, alpha=alpha, s=s, z=z, filled=filled, iteration=iteration,
       done=done,
@@ -227,22 +224,19 @@ def _single_path(log_density, settings, x0, key):
   solver = optax.lbfgs(memory_size=history_size,
                        linesearch=optax.scale_by_zoom_linesearch(
                            max_linesearch_steps=max_linesearch_steps))
-  neg_value, neg_grad = jax.value_and_grad(
-      lambda x: -log_density(x[None])[0])(x0)
+  start = lbfgs_start(lambda x: -log_density(x[None])[0], solver, x0)
   dim, dtype = x0.shape[0], x0.dtype
   empty = jnp.zeros((history_size, dim), dtype)
-  start = _Gaussian(x0, jnp.ones((dim,), dtype),
-                    *_inverse_hessian_factors(jnp.ones((dim,), dtype), empty,
-                                              empty, jnp.zeros(history_size,
-                                                               bool)))
-  finite = jnp.isfinite(neg_value) & jnp.all(jnp.isfinite(neg_grad))
+  gaussian0 = _Gaussian(x0, jnp.ones((dim,), dtype),
+                        *_inverse_hessian_factors(
+                            jnp.ones((dim,), dtype), empty, empty,
+                            jnp.zeros(history_size, bool)))
   state = _PathState(
-      x=x0, value=neg_value, grad=neg_grad, opt_state=solver.init(x0),
-      alpha=jnp.ones((dim,), dtype), s=empty, z=empty,
+      *start[:4], alpha=jnp.ones((dim,), dtype), s=empty, z=empty,
       filled=jnp.zeros((history_size,), bool),
-      iteration=jnp.zeros((), jnp.int32), done=~finite,
-      num_evals=jnp.ones((), jnp.int32),
-      best_elbo=jnp.asarray(-jnp.inf, dtype), best=start)
+      iteration=jnp.zeros((), jnp.int32), done=~start.finite,
+      num_evals=start.num_evals,
+      best_elbo=jnp.asarray(-jnp.inf, dtype), best=gaussian0)
   step = functools.partial(_step, log_density, solver, num_elbo_draws, ftol,
                            gtol, max_iterations, key)
   state = jax.lax.while_loop(lambda st: ~st.done, step, state)

@@ -17,7 +17,8 @@ import optax
 from vi_jax.model import bijectors as bij_lib
 from vi_jax._src.types import Array, Params
 from vi_jax._src import validation as vv
-from vi_jax._src.lbfgs import lbfgs_step
+from vi_jax._src.lbfgs import (keep_finite, lbfgs_start, lbfgs_step,
+                               relative_decrease)
 from vi_jax.model.target import check_target_on_space, flat_log_density
 from vi_jax.surrogates.base import Surrogate, default_dtype, initial_loc
 from vi_jax.surrogates.full_rank import full_rank_normal, full_rank_params
@@ -73,17 +74,14 @@ class _MapState(NamedTuple):
 
 
 def _map_step(neg, solver, max_iterations, st: _MapState) -> _MapState:
+  """One L-BFGS iteration; stops when the objective no longer changes."""
   step = lbfgs_step(neg, solver, st.x, st.value, st.grad, st.opt_state)
   eps = jnp.finfo(step.x.dtype).eps
-  stalled = jnp.abs(st.value - step.value) <= 10. * eps * jnp.maximum(
-      jnp.abs(step.value), 1.)
+  stalled = jnp.abs(relative_decrease(st.value, step.value)) <= 10. * eps
   iteration = st.iteration + 1
   done = (~step.finite | stalled | (jnp.max(jnp.abs(step.grad)) == 0.) |
           (iteration >= max_iterations))
-  new = jax.tree_util.tree_map(
-      lambda a, b: jnp.where(step.finite, a, b),
-      (step.x, step.value, step.grad, step.opt_state),
-      (st.x, st.value, st.grad, st.opt_state))
+  new = keep_finite(step, st.x, st.value, st.grad, st.opt_state)
   return _MapState(*new, iteration=iteration, done=done,
                    num_evals=st.num_evals + step.num_evals)
 
@@ -129,11 +127,9 @@ def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
   log_density = flat_log_density(target_log_prob_fn, space)
   neg = lambda x: -log_density(x[None])[0]
   solver = optax.lbfgs()
-  value, grad = jax.value_and_grad(neg)(x0)
-  finite0 = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-  state = _MapState(x0, value, grad, solver.init(x0),
-                    jnp.zeros((), jnp.int32), ~finite0,
-                    jnp.ones((), jnp.int32))
+  start = lbfgs_start(neg, solver, x0)
+  state = _MapState(*start[:4], iteration=jnp.zeros((), jnp.int32),
+                    done=~start.finite, num_evals=start.num_evals)
   state = jax.lax.while_loop(
       lambda st: ~st.done,
       functools.partial(_map_step, neg, solver, max_iterations), state)
