@@ -24,7 +24,6 @@ of the latents at the optimum (Giordano, Broderick & Jordan 2018), which
 corrects the variance underestimation of mean-field.
 """
 
-import functools
 import math
 import warnings
 from typing import NamedTuple, Optional
@@ -32,17 +31,18 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
 from vi_jax.model import bijectors as bij_lib
 from vi_jax._src.types import Array, Params, PRNGKey, TargetLogProbFn
 from vi_jax._src import compile_cache
-from vi_jax._src.lbfgs import (keep_finite, lbfgs_start, lbfgs_step,
-                               relative_decrease)
+from vi_jax.solvers.sample_average import default_ftol
+from vi_jax.solvers.sample_average import fixed_draw_solve  # noqa: F401 (public)
+from vi_jax.solvers.sample_average import objective as _objective
+from vi_jax.solvers.sample_average import solve_advance
+from vi_jax.solvers.sample_average import solve_start
 from vi_jax.criticism.diagnostics import importance_log_weights
 from vi_jax._src import validation as vv
-from vi_jax.objectives.losses import negative_elbo
 from vi_jax.model.target import check_target_on_draw
 
 __all__ = ["DADVIResult", "dadvi", "dadvi_linear_response_covariance",
@@ -51,7 +51,6 @@ __all__ = ["DADVIResult", "dadvi", "dadvi_linear_response_covariance",
 # The sandwich estimate forms the P x P Hessian: only up to this many params
 # (full-rank up to ~60 latent dimensions, mean-field up to 1000).
 _MAX_SANDWICH_PARAMS = 2000
-_SCIPY_FTOL = 2.220446049250313e-09  # scipy L-BFGS-B: factr 1e7 x float64 eps
 
 
 class DADVIResult(NamedTuple):
@@ -73,43 +72,6 @@ class _Solve(NamedTuple):
   converged: Array  # shape=(), bool: the optimizer's tolerance was met
 
 
-def _objective(target_log_prob_fn, surrogate, num_draws, key):
-  loss_fn = negative_elbo()
-  return lambda params: loss_fn(target_log_prob_fn, surrogate, params, key,
-                                num_draws)
-
-
-class _SolveState(NamedTuple):
-  x: Params            # the current params
-  value: Array         # shape=(), the SAA objective at x
-  grad: Params         # its gradient
-  opt_state: optax.OptState
-  iteration: Array     # shape=(), int32
-  done: Array          # shape=(), bool
-  num_evals: Array     # shape=(), int32: value-and-gradient calls
-  converged: Array     # shape=(), bool: the last step met gtol or ftol
-
-
-def _solve_step(objective, solver, max_iterations, gtol, ftol,
-                st: _SolveState) -> _SolveState:
-  """One L-BFGS iteration and scipy L-BFGS-B's stopping rules.
-
-  Converged when the step is finite and its gradient's largest entry is at
-  most `gtol` or its `relative_decrease` at most `ftol` (Byrd, Lu, Nocedal &
-  Zhu 1995); done also at a non-finite step (not taken) or `max_iterations`.
-  """
-  step = lbfgs_step(objective, solver, st.x, st.value, st.grad, st.opt_state)
-  small_grad = optax.tree.norm(step.grad, ord=jnp.inf) <= gtol
-  small_decrease = relative_decrease(st.value, step.value) <= ftol
-  converged = step.finite & (small_grad | small_decrease)
-  iteration = st.iteration + 1
-  done = ~step.finite | converged | (iteration >= max_iterations)
-  new = keep_finite(step, st.x, st.value, st.grad, st.opt_state)
-  return _SolveState(*new, iteration=iteration, done=done,
-                     num_evals=st.num_evals + step.num_evals,
-                     converged=converged)
-
-
 def _lbfgs_solve(target_log_prob_fn, surrogate, num_draws, max_iterations,
                  gtol, ftol, params, key) -> _Solve:
   """Minimizes the fixed-draw -ELBO by L-BFGS in one `lax.while_loop`.
@@ -118,16 +80,11 @@ def _lbfgs_solve(target_log_prob_fn, surrogate, num_draws, max_iterations,
   `vi.pathfinder`'s) on the params pytree; `num_objective_evals` counts the
   start and every line-search trial.
   """
-  objective = _objective(target_log_prob_fn, surrogate, num_draws, key)
-  solver = optax.lbfgs()
-  start = lbfgs_start(objective, solver, params)
-  state = _SolveState(*start[:4], iteration=jnp.zeros((), jnp.int32),
-                      done=~start.finite | (max_iterations < 1),
-                      num_evals=start.num_evals, converged=jnp.bool_(False))
-  state = jax.lax.while_loop(
-      lambda st: ~st.done,
-      functools.partial(_solve_step, objective, solver, max_iterations, gtol,
-                        ftol), state)
+  state = solve_start(target_log_prob_fn, surrogate, params, key,
+                      num_draws=num_draws, max_iterations=max_iterations)
+  state = solve_advance(target_log_prob_fn, surrogate, state, key,
+                        num_draws=num_draws, max_iterations=max_iterations,
+                        stop_at=max_iterations, gtol=gtol, ftol=ftol)
   _, log_w = importance_log_weights(target_log_prob_fn, surrogate, state.x,
                                     key, num_draws)
   loss = -jnp.mean(log_w)
@@ -175,39 +132,6 @@ def min_fixed_draws(surrogate, params) -> int:
   num_params = sum(int(np.prod(x.shape))
                    for x in jax.tree_util.tree_leaves(params))
   return _draws_needed(surrogate, params, num_params)[1]
-
-
-def fixed_draw_solve(target_log_prob_fn: TargetLogProbFn, surrogate,
-                     params: Params, key: PRNGKey, *, num_draws: int,
-                     max_iterations: int = 500, gtol: float = 1e-6,
-                     ftol: Optional[float] = None) -> tuple[Params, Array]:
-  """One DADVI solve at `num_draws` fixed draws, traceable (jit, vmap).
-
-  The solver of `dadvi` (L-BFGS on the -ELBO at the fixed draws of `key`,
-  one `lax.while_loop`) without its host-side checks and growing of the
-  draws, for use inside a caller's compiled program.
-
-  Args:
-    target_log_prob_fn: as for `dadvi`.
-    surrogate: a `vi_jax.surrogates.Surrogate`.
-    params: the starting params.
-    key: the PRNG key of the fixed draws.
-    num_draws: Python int, fixed draws (>= `min_fixed_draws`; not checked).
-    max_iterations: Python int, L-BFGS iterations at most.
-    gtol: gradient sup-norm below which it stops.
-    ftol: relative decrease below which it stops (default: scipy's, or the
-      dtype's eps when larger).
-
-  Returns:
-    `(params, num_grad_evals)`: the solution and the target-gradient
-    evaluations (objective evaluations x `num_draws`), an int32 scalar.
-  """
-  if ftol is None:
-    eps = float(jnp.finfo(jax.tree_util.tree_leaves(params)[0].dtype).eps)
-    ftol = max(eps, _SCIPY_FTOL)
-  out = _lbfgs_solve(target_log_prob_fn, surrogate, num_draws, max_iterations,
-                     gtol, ftol, params, key)
-  return out.params, num_draws * out.num_objective_evals
 
 
 def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
@@ -312,8 +236,7 @@ def dadvi(target_log_prob_fn: TargetLogProbFn, surrogate, *, key: PRNGKey,
   else:
     vv.surrogate_params("init_params", surrogate, key, init_params)
   flat, _ = ravel_pytree(init_params)
-  eps = float(jnp.finfo(flat.dtype).eps)
-  ftol = max(eps, _SCIPY_FTOL) if ftol is None else _check_positive_float(
+  ftol = default_ftol(init_params) if ftol is None else _check_positive_float(
       "ftol", ftol)
   dim, m_min = _draws_needed(surrogate, init_params, flat.size)
   m = max(m, m_min)
