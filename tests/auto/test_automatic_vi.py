@@ -151,3 +151,35 @@ def test_bad_input_raises_before_fitting(kwargs, error, match):
   target, event_shape = args.pop("target"), args.pop("event_shape")
   with pytest.raises(error, match=match):
     vi.auto_fit(target, event_shape, BIJECTOR, **args)
+
+
+def _stalling_target(z):
+  """Flat in z[1] (improper: the fixed-draw -ELBO of a mean-field Gaussian
+  decreases without end as its scale in z[1] grows, so DADVI's L-BFGS never
+  converges), and every evaluation made slow by a loop whose value enters at
+  1e-30 (XLA cannot drop it): a mean-field DADVI stage that would run for
+  minutes."""
+  slow = jax.lax.fori_loop(0, 30_000, lambda i, x: jnp.sin(x + z[0]), 0.)
+  return -0.5 * z[0] ** 2 + 1e-30 * slow
+
+
+def test_a_budgeted_auto_fit_on_a_stalling_target_returns_within_its_budget():
+  max_time = 20.
+  start = __import__("time").perf_counter()
+  with pytest.warns(UserWarning, match="time budget was spent"):
+    result = vi.auto_fit(_stalling_target, (4,), key=jax.random.key(0),
+                         families=("mean_field", "flow"), num_draws=1000,
+                         max_iterations=10_000, max_time=max_time,
+                         progress_bar=False)
+  elapsed = __import__("time").perf_counter() - start
+  assert not result.reliable
+  records = {r.family: r for r in result.history}
+  dadvi = records["mean_field"]
+  assert "stopped: the time budget was spent" in dadvi.note, dadvi.note
+  taken = int(dadvi.note.split("after ")[1].split(" of")[0])
+  assert taken < 10_000
+  assert records["flow"].method == "not run"
+  assert "time budget" in result.summary()
+  # Within the budget, up to the evaluation of the stage in flight (its
+  # 1,000 draws through the slow target: a fraction of a second to a few).
+  assert elapsed < 1.25 * max_time, elapsed

@@ -49,16 +49,18 @@ References:
 
 import math
 import warnings
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from vi_jax.auto import stage_progress
 from vi_jax.auto import stages as auto_stages
 from vi_jax.model import bijectors as bij_lib
 from vi_jax.criticism import diagnostics
 from vi_jax.auto import verdict
 from vi_jax._src import compile_cache
+from vi_jax._src import time_budget
 from vi_jax._src.types import Params, PRNGKey, PyTree
 from vi_jax._src import validation as vv
 from vi_jax.model.target import batched_target
@@ -68,6 +70,7 @@ from vi_jax.surrogates.full_rank import full_rank_scale_tril
 from vi_jax.surrogates.base import check_sample_size
 from vi_jax.model.target import check_target_on_draw
 from vi_jax.auto.verdict import StageRecord
+from vi_jax.auto.verdict import TIME_BUDGET_SPENT
 
 __all__ = ["AutoFitResult", "StageRecord", "auto_fit"]
 
@@ -186,32 +189,64 @@ def _check_inputs(target_log_prob_fn, event_shape, bijector, key, families,
   return space
 
 
-def _run_ladder(target_log_prob_fn, space, families, config, key,
-                num_restarts, verbose) -> list:
-  """Every stage run, in order, as `(record, surrogate, params)` (the
-  Pathfinder start as `(record, None, None)`); stops at the first pass."""
-  laplace_key, start_key, ladder_key = jax.random.split(key, 3)
-  stages = []
+def _not_run(family: str, spent: float, max_time) -> StageRecord:
+  """The record of a stage that the time budget left out."""
+  return StageRecord(
+      family=family, method="not run", k_hat=math.nan,
+      k_hat_threshold=math.nan, elbo=math.nan, mean_gap=math.nan,
+      sd_gap=math.nan, num_grad_evals=0, wall_time=0., passed=False,
+      note=f"not run: {TIME_BUDGET_SPENT} (max_time={max_time:g} s, "
+      f"{spent:.1f} s spent)")
 
-  def add(stage):
-    stages.append(stage)
-    if verbose:
-      print(verdict.format_record(stage[0]), flush=True)
+
+class _Ladder:
+  """Runs the stages in order, reporting each, until one passes or the time
+  budget is spent (state: the stages run, the progress display, the
+  deadline)."""
+
+  def __init__(self, report, at, max_time):
+    self.stages, self.report, self.at, self.max_time = [], report, at, max_time
+
+  def out_of_time(self, families) -> bool:
+    """True (and the families recorded as not run) once the budget is spent
+    or a stage was cut short by it; never before the first fit."""
+    fitted = any(s[1] is not None for s in self.stages)
+    cut_short = any(TIME_BUDGET_SPENT in s[0].note for s in self.stages)
+    if not fitted or (time_budget.seconds_left(self.at) > 0 and
+                      not cut_short):
+      return False
+    for family in families:
+      self.stages.append((_not_run(family, self.report.elapsed(),
+                                   self.max_time), None, None))
+    return True
+
+  def run(self, name, stage_fn, *args) -> bool:
+    """Runs one stage; True when it passed."""
+    self.report.start(name)
+    stage = stage_fn(*args)
+    self.stages.append(stage)
+    self.report.end(stage[0])
     return stage[0].passed
 
-  if verbose:
-    print(verdict.table_header(), flush=True)
+
+def _run_ladder(target_log_prob_fn, space, families, config, key,
+                num_restarts, ladder: _Ladder) -> list:
+  """Every stage run, in order, as `(record, surrogate, params)` (the
+  Pathfinder start and stages the budget left out as `(record, None, None)`);
+  stops at the first pass."""
+  laplace_key, start_key, ladder_key = jax.random.split(key, 3)
   if "laplace" in families and space.dim <= auto_stages.LAPLACE_MAX_DIM:
-    if add(auto_stages.laplace_stage(target_log_prob_fn, space, config,
-                                     laplace_key, num_restarts)):
-      return stages
+    if ladder.run("laplace", auto_stages.laplace_stage, target_log_prob_fn,
+                  space, config, laplace_key, num_restarts):
+      return ladder.stages
   rungs = auto_stages.ladder([f for f in families if f != "laplace"],
                              space.dim)
-  if not rungs:
-    return stages
-  laplace = stages[0] if stages else None
+  if not rungs or ladder.out_of_time([r.family for r in rungs]):
+    return ladder.stages
+  laplace = ladder.stages[0] if ladder.stages else None
   if laplace is None or not (
       laplace[0].k_hat < auto_stages.WHITEN_BY_LAPLACE_K_HAT):
+    ladder.report.start("pathfinder")
     loc, scale_tril, start = auto_stages.start(
         target_log_prob_fn, space, start_key, config.dtype)
     if laplace is not None and laplace[0].elbo > start.elbo:
@@ -219,14 +254,19 @@ def _run_ladder(target_log_prob_fn, space, families, config, key,
           "whitens the ladder", "not used (Laplace's ELBO is higher)"))
     else:
       laplace = None
-    add((start, None, None))
+    ladder.stages.append((start, None, None))
+    ladder.report.end(start)
   if laplace is not None:  # the better Gaussian whitens the ladder
     loc, scale_tril = laplace[2]["loc"], full_rank_scale_tril(laplace[2])
-  for rung, k in zip(rungs, jax.random.split(ladder_key, len(rungs))):
-    if add(auto_stages.run_stage(target_log_prob_fn, space, rung, config, loc,
-                                 scale_tril, k, num_restarts)):
+  keys = jax.random.split(ladder_key, len(rungs))
+  for i, (rung, k) in enumerate(zip(rungs, keys)):
+    if ladder.out_of_time([r.family for r in rungs[i:]]):
       break
-  return stages
+    if ladder.run(rung.family, auto_stages.run_stage, target_log_prob_fn,
+                  space, rung, config, loc, scale_tril, k, num_restarts,
+                  ladder.at):
+      break
+  return ladder.stages
 
 
 def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
@@ -234,8 +274,9 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
              num_draws: int = 16_000, dadvi_draws: int = 30,
              max_dadvi_draws: int = 480, max_iterations: int = 500,
              max_grad_evals: int = 16_000, max_k_hat: float = 0.5,
-             dtype=None,
-             verbose: bool = False) -> AutoFitResult:
+             dtype=None, max_time: Optional[float] = None,
+             verbose: bool = False,
+             progress_bar: Optional[bool] = None) -> AutoFitResult:
   """Fits a surrogate posterior with no choices to make, and says if it can be trusted.
 
   Pathfinder start, then a family ladder in whitened coordinates (mean-field,
@@ -278,7 +319,21 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
     max_grad_evals: one flow fit's budget of target-gradient evaluations
       (Adam steps x 8 draws per step; 16,000 is 2,000 steps).
     dtype: floating dtype of the fit (default: JAX's default float).
-    verbose: print each stage's record as it finishes.
+    max_time: wall-clock budget in seconds, compilation included (None: no
+      limit). A family stage's fits (DADVI's L-BFGS iterations, the flow's
+      Adam steps) run in chunks and stop when the time left is what the
+      stage's evaluation needs (measured on its initial params), then are
+      judged as they are, the note saying so; stages not yet started when
+      the time is spent are not run (`history` records them as "not run")
+      and the best fit so far comes back. The Laplace and Pathfinder stages
+      are not interrupted, and the first fitting stage always runs, so a
+      call can overrun a budget shorter than those. A result cut short by
+      the budget is reliable only if the fit it returns passed k-hat and
+      agreement.
+    verbose: print each stage as it starts and its record as it finishes.
+    progress_bar: show a progress bar naming the stage running, the seconds
+      and gradient evaluations so far; None (default) shows it when stderr
+      is a terminal, as `vi.fit` does.
 
   Returns:
     `AutoFitResult(surrogate, params, family, k_hat, reliable, num_grad_evals,
@@ -288,6 +343,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
   Raises:
     TypeError / ValueError (before compilation): a bad `key`, `event_shape`,
       `bijector`, target (fails or is not scalar on one draw), `families`,
+      `max_time` (not None nor > 0), `progress_bar`,
       `num_restarts < 2`, `num_draws < 100`, `max_grad_evals < 8`,
       `families=("laplace",)` above 2,000 unconstrained dims.
 
@@ -312,16 +368,21 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
         f"families=('laplace',) needs at most {auto_stages.LAPLACE_MAX_DIM} "
         f"unconstrained dims (a dense Hessian); this target has "
         f"{space.dim}.")
-  fits = _run_ladder(target_log_prob_fn, space, families, config, key,
-                     num_restarts, verbose)
+  at = time_budget.deadline(max_time)
+  report = stage_progress.StageProgress(verbose, progress_bar, max_time)
+  try:
+    fits = _run_ladder(target_log_prob_fn, space, families, config, key,
+                       num_restarts, _Ladder(report, at, max_time))
+  finally:
+    report.close()
   history = [f[0] for f in fits]
-  fits = [f for f in fits if f[0].family != "pathfinder"]
+  fits = [f for f in fits if f[1] is not None]
   chosen = fits[-1] if fits[-1][0].passed else max(
       fits, key=lambda f: f[0].elbo if math.isfinite(f[0].elbo) else -math.inf)
   record, surrogate, params = chosen
-  refined = auto_stages.refine_k_hat(target_log_prob_fn, record, surrogate,
-                                     params, config,
-                                     jax.random.fold_in(key, _REFINE_KEY))
+  refined = record if time_budget.seconds_left(at) <= 0 else (
+      auto_stages.refine_k_hat(target_log_prob_fn, record, surrogate, params,
+                               config, jax.random.fold_in(key, _REFINE_KEY)))
   history = [refined if r is record else r for r in history]
   record = refined
   total = sum(r.num_grad_evals for r in history)

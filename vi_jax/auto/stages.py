@@ -17,13 +17,11 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vi_jax.criticism import diagnostics
 from vi_jax.auto import verdict
 from vi_jax._src import compile_cache
 from vi_jax._src.types import Array, Params
-from vi_jax.objectives.losses import negative_elbo
 from vi_jax.model.target import batched_target
 from vi_jax.surrogates import Surrogate
 from vi_jax.surrogates import flows
@@ -32,18 +30,17 @@ from vi_jax.surrogates import low_rank
 from vi_jax.surrogates import mean_field
 from vi_jax.model.target import traced_once
 from vi_jax.auto.verdict import StageRecord
+from vi_jax._src import time_budget
 from vi_jax._src.compile_cache import jit_once
+from vi_jax.auto import stage_programs
+from vi_jax.auto.stage_programs import FLOW_SAMPLE_SIZE  # noqa: F401  (re-export)
 from vi_jax.solvers import deterministic_advi
 from vi_jax.solvers.multipath_pathfinder import pathfinder
 from vi_jax.surrogates import laplace_approximation
-from vi_jax.surrogates import whitening
 
 LOW_RANK_ABOVE = 200  # full_rank becomes low_rank_normal above this many dims
-FLOW_LEARNING_RATE = 5e-3  # the flow's peak Adam step size (whitened space)
-FLOW_SAMPLE_SIZE = 8  # draws per Adam step of the flow
 GROWTH = 4  # DADVI's one growth of the fixed draws
 DRAWS_FACTOR = 8  # DADVI's first fixed draws: this times (M_min - 1)
-EVAL_BATCH = 2048  # draws of the target evaluated at once in a verdict
 # A returned fit's k-hat within REFINE_WINDOW of PSIS_USABLE (the threshold
 # that decides whether `AutoFitResult.sample` resamples) is re-estimated from
 # REFINE_FACTOR times the verdict's draws (`refine_k_hat`).
@@ -105,117 +102,6 @@ class Config(NamedTuple):
   max_k_hat: float  # a stage's k-hat must be below min(this, S threshold)
 
 
-def _whitened(rung: _Rung, config: Config, space, loc, scale_tril):
-  kwargs = dict(rung.kwargs)
-  if config.dtype is not None:
-    kwargs["dtype"] = config.dtype
-  return whitening.whiten(rung.make, space, None, loc=loc,
-                         scale_tril=scale_tril, **kwargs)
-
-
-def _in_batches(log_p, z):
-  """`log_p(z)` over `[n, ...]` draws, `EVAL_BATCH` at a time (bounded
-  memory: a target's intermediates grow with the draws it sees at once)."""
-  one = lambda zi: log_p(jax.tree_util.tree_map(lambda x: x[None], zi))[0]
-  return jax.lax.map(one, z, batch_size=EVAL_BATCH)
-
-
-def _log_weights(log_p, surrogate, num_draws, params, key):
-  """`num_draws` draws of q and their log weights `log p - log q` (NaN ->
-  -inf: a draw where the target is undefined has no weight)."""
-  z, log_q = surrogate.sample_and_log_prob(params, key, num_draws)
-  log_w = _in_batches(log_p, z) - log_q
-  return z, jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
-
-
-def _evaluate(log_p, space, surrogate, num_draws, params, eval_key):
-  """`(elbo, k_hat, mean [dim], sd [dim])` of one fit from `num_draws` draws.
-
-  The moments are PSIS-corrected (what `AutoFitResult.sample` returns) and of
-  the flat unconstrained coordinates. The same `eval_key` serves every fit, so
-  that differences between fits are not Monte Carlo noise of these draws
-  (common random numbers).
-  """
-  z, log_w = _log_weights(log_p, surrogate, num_draws, params, eval_key)
-  smoothed = diagnostics.psis(log_w)
-  u, _ = space.inverse_and_log_det(z)
-  mean, var = diagnostics.weighted_moments(u, smoothed.log_weights)
-  return jnp.mean(log_w), smoothed.pareto_k, mean, jnp.sqrt(var)
-
-
-def _adam_fit(config: Config, target_log_prob_fn, surrogate, params0, key):
-  """`(params, num_grad_evals)`: one stochastic fit at a fixed budget, traceable.
-
-  Adam with a warmup-cosine schedule (peak `FLOW_LEARNING_RATE`, decayed to 1%
-  of it) for `config.flow_steps` steps of `FLOW_SAMPLE_SIZE` draws, in one
-  `lax.scan`. In whitened coordinates the target is scaled close to N(0, I),
-  so one schedule serves every target; the stage's k-hat and the agreement of
-  its restarts say whether it was enough.
-  """
-  steps = config.flow_steps
-  optimizer = optax.adam(optax.warmup_cosine_decay_schedule(
-      0., FLOW_LEARNING_RATE, max(1, steps // 20), steps,
-      FLOW_LEARNING_RATE / 100))
-  loss_fn = negative_elbo()
-  grad = jax.grad(lambda p, k: loss_fn(target_log_prob_fn, surrogate, p, k,
-                                       FLOW_SAMPLE_SIZE))
-
-  def step(carry, k):
-    params, state = carry
-    updates, state = optimizer.update(grad(params, k), state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.lax.scan(step, (params0, optimizer.init(params0)),
-                                jax.random.split(key, steps))
-  return params, jnp.asarray(steps * FLOW_SAMPLE_SIZE, jnp.int32)
-
-
-def _stage_program(target_log_prob_fn, space, rung: _Rung, config: Config,
-                   num_fixed_draws: int):
-  """The jitted `(loc, scale_tril, params0 [R], fit_keys [R], eval_key) ->
-  _StageOut`: R fits (DADVI with `num_fixed_draws` draws, or Adam for the
-  flow) and their evaluation, vmapped in one program (the target traced
-  once)."""
-  target_log_prob_fn = traced_once(target_log_prob_fn)
-  log_p = batched_target(target_log_prob_fn)
-
-  def run(loc, scale_tril, params0, fit_keys, eval_key):
-    surrogate = _whitened(rung, config, space, loc, scale_tril)
-
-    def one(p0, key):
-      if rung.fitter == "adam":
-        params, evals = _adam_fit(config, target_log_prob_fn, surrogate, p0,
-                                  key)
-      elif num_fixed_draws:
-        params, evals = deterministic_advi.fixed_draw_solve(
-            target_log_prob_fn, surrogate, p0, key,
-            num_draws=num_fixed_draws, max_iterations=config.max_iterations)
-      else:  # the evaluation of params0 only
-        params, evals = p0, jnp.zeros((), jnp.int32)
-      elbo, k_hat, mean, sd = _evaluate(log_p, space, surrogate,
-                                        config.num_draws, params, eval_key)
-      return params, elbo, k_hat, evals, mean, sd
-
-    params, elbo, k_hat, evals, mean, sd = jax.vmap(one)(params0, fit_keys)
-    return _StageOut(params, elbo, k_hat, evals, *verdict.agreement(mean, sd))
-
-  return jit_once(run)
-
-
-def _init_program(space, rung: _Rung, config: Config):
-  """The jitted `(loc, scale_tril, fit_keys [R]) -> params [R]`: the
-  whitened family's initial params, one per restart (one small program in
-  place of the many small ones its ops would compile one by one). It does
-  not call the target, so targets share it."""
-
-  def run(loc, scale_tril, fit_keys):
-    surrogate = _whitened(rung, config, space, loc, scale_tril)
-    return jax.vmap(lambda k: surrogate.init(jax.random.fold_in(k, 1)))(
-        fit_keys)
-
-  return jit_once(run)
-
-
 def _take(tree, i: int):
   """Entry `i` of every leaf's leading axis, indexed on the host (no XLA
   program per leaf shape)."""
@@ -236,8 +122,8 @@ def _laplace_program(target_log_prob_fn, space, config: Config):
       loc, scale_tril, converged, evals = laplace_approximation.map_and_hessian(
           target_log_prob_fn, space, LAPLACE_MAX_ITERATIONS, x0)
       params = full_rank.full_rank_params(loc, scale_tril)
-      elbo, k_hat, mean, sd = _evaluate(log_p, space, surrogate,
-                                        config.num_draws, params, eval_key)
+      elbo, k_hat, mean, sd = stage_programs.evaluate_one(
+          log_p, space, surrogate, config.num_draws, params, eval_key)
       return params, elbo, k_hat, evals, mean, sd, converged
 
     params, elbo, k_hat, evals, mean, sd, converged = jax.vmap(one)(starts)
@@ -304,7 +190,7 @@ def _judge(out: _StageOut, threshold: float) -> _Judged:
   passed, note = verdict.stage_verdict(float(k_hats[best]), threshold,
                                        float(mean_gap), float(sd_gap))
   return _Judged(best, float(k_hats[best]), float(elbo[best]), float(mean_gap),
-                 float(sd_gap), int(n.sum()), passed, note)
+                 float(sd_gap), int(np.sum(n)), passed, note)
 
 
 def _record(family, method, judged: _Judged, threshold, num_grad_evals, t0,
@@ -351,51 +237,84 @@ def _fixed_draws(rung, config, surrogate, params0) -> int:
 
 
 def run_stage(target_log_prob_fn, space, rung, config, loc, scale_tril, key,
-              num_restarts):
+              num_restarts, at: float = math.inf):
   """Stage 2: R vmapped fits of one family: `(record, surrogate, params)`.
 
-  A DADVI stage whose fits pass k-hat but disagree re-solves ONCE from their
-  optimum with `GROWTH` times the fixed draws (at most `max_dadvi_draws`):
-  the disagreement of fits on independent draw sets is the Monte Carlo error
-  of DADVI's objective. Each number of fixed draws is one compiled program,
-  so a stage compiles at most two.
+  The fits run in chunks until done or the deadline `at` (seconds on
+  `vi_jax._src.time_budget`'s clock; inf for none), then are evaluated
+  (`vi_jax.auto.stage_programs`); fits cut short by the deadline are judged
+  as they are and the note says so. A DADVI stage whose fits pass k-hat but
+  disagree re-solves ONCE from their optimum with `GROWTH` times the fixed
+  draws (at most `max_dadvi_draws`; not past the deadline): the disagreement
+  of fits on independent draw sets is the Monte Carlo error of DADVI's
+  objective.
   """
   t0 = time.perf_counter()
-  surrogate = _whitened(rung, config, space, loc, scale_tril)
+  surrogate = stage_programs.whitened(rung, config, space, loc, scale_tril)
   fit_key, eval_key = jax.random.split(key)
   fit_keys = jax.random.split(fit_key, num_restarts)
-  params = compile_cache.program(_init_program, space, rung, config)(
-      loc, scale_tril, fit_keys)
+  params = stage_programs.init_params(space, rung, config, loc, scale_tril,
+                                      fit_keys)
   m, evals, grown = _fixed_draws(rung, config, surrogate, params), 0, False
   threshold = _threshold(config)
+  fit_until = at - _evaluation_reserve(target_log_prob_fn, space, rung, config,
+                                       loc, scale_tril, params, eval_key, at)
   while True:
-    program = compile_cache.program(_stage_program, target_log_prob_fn, space,
-                                    rung, config, m)
-    out = program(loc, scale_tril, params, fit_keys, eval_key)
-    judged = _judge(out, threshold)
-    params, evals = out.params, evals + judged.num_grad_evals
+    fitted = stage_programs.fit(target_log_prob_fn, space, rung, config, m,
+                                loc, scale_tril, params, fit_keys, fit_until)
+    params, evals = fitted.params, evals + fitted.num_grad_evals
+    elbo, k_hat, mean_gap, sd_gap = stage_programs.evaluate(
+        target_log_prob_fn, space, rung, config, loc, scale_tril, params,
+        eval_key)
+    judged = _judge(_StageOut(params, elbo, k_hat, fitted.num_grad_evals,
+                              mean_gap, sd_gap), threshold)
     # More fixed draws help only fits that pass k-hat but disagree.
     grow = (judged.k_hat < threshold and not (
         judged.mean_gap <= verdict.MEAN_TOL and
         judged.sd_gap <= verdict.SD_TOL))
-    if (judged.passed or not grow or grown or
+    if (judged.passed or not grow or grown or fitted.out_of_time or
+        time_budget.seconds_left(at) <= 0 or
         not 0 < m < config.max_dadvi_draws):
       break
     m, grown = min(GROWTH * m, config.max_dadvi_draws), True
-  if rung.fitter == "dadvi":
-    note = judged.note + f" [DADVI, {m} fixed draws]"
-  else:
-    note = judged.note + (f" [{config.flow_steps} Adam steps x "
-                          f"{FLOW_SAMPLE_SIZE} draws]")
   record = _record(rung.family, rung.method, judged, threshold, evals, t0,
-                   note)
+                   judged.note + _fit_note(rung, config, m, fitted))
   return record, surrogate, _take(params, judged.best)
+
+
+def _evaluation_reserve(target_log_prob_fn, space, rung, config, loc,
+                        scale_tril, params, eval_key, at) -> float:
+  """Seconds to keep for the stage's evaluation under a deadline: what one
+  evaluation (of the initial params) took, compilation included; 0 without a
+  deadline (nothing is run)."""
+  if math.isinf(at):
+    return 0.
+  t0 = time.perf_counter()
+  jax.block_until_ready(stage_programs.evaluate(
+      target_log_prob_fn, space, rung, config, loc, scale_tril, params,
+      eval_key))
+  return time.perf_counter() - t0
+
+
+def _fit_note(rung, config, m, fitted) -> str:
+  """How the stage's fits were run, and whether the deadline cut them short."""
+  if rung.fitter == "dadvi":
+    note = f" [DADVI, {m} fixed draws]"
+  else:
+    note = (f" [{config.flow_steps} Adam steps x "
+            f"{stage_programs.FLOW_SAMPLE_SIZE} draws]")
+  if fitted.out_of_time:
+    unit = "L-BFGS iterations" if rung.fitter == "dadvi" else "Adam steps"
+    note += (f" [stopped: {verdict.TIME_BUDGET_SPENT} after "
+             f"{fitted.iterations} of {fitted.max_iterations} {unit}]")
+  return note
 
 
 def _k_hat(target_log_prob_fn, surrogate, num_draws, params, key):
   log_p = batched_target(target_log_prob_fn)
   return diagnostics.psis(
-      _log_weights(log_p, surrogate, num_draws, params, key)[1]).pareto_k
+      stage_programs.log_weights(log_p, surrogate, num_draws, params,
+                                 key)[1]).pareto_k
 
 
 def refine_k_hat(target_log_prob_fn, record: StageRecord, surrogate, params,

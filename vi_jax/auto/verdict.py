@@ -33,6 +33,7 @@ from vi_jax._src.types import Array
 __all__ = [
     "MEAN_TOL",
     "SD_TOL",
+    "TIME_BUDGET_SPENT",
     "StageRecord",
     "agreement",
     "stage_verdict",
@@ -42,6 +43,9 @@ __all__ = [
     "format_record",
 ]
 
+# The words every record cut short or left out by `auto_fit(max_time=...)`
+# carries in its note (the warning looks for them).
+TIME_BUDGET_SPENT = "the time budget was spent"
 MEAN_TOL = 0.1  # max |mean_a - mean_b| / pooled sd between independent fits
 SD_TOL = 0.1  # max |sd_a / sd_b - 1| (both orders) between independent fits
 
@@ -122,11 +126,19 @@ def stage_verdict(k_hat: float, threshold: float, mean_gap: float,
 
 def failure_warning(history: Sequence[StageRecord], chosen: str) -> str:
   """The warning `vi.auto_fit` gives when no family passes: what failed, what to try."""
-  tried = [r for r in history if r.family != "pathfinder"]
+  tried = [r for r in history if r.family != "pathfinder" and
+           r.method != "not run"]
   lines = [f"vi.auto_fit: no family passed; returning the {chosen} fit "
            "(highest ELBO) with reliable=False. Tried:"]
   lines += [f"  {r.family}: k-hat {r.k_hat:.2f}, {r.note}" for r in tried]
   advice = ["What to try:"]
+  if any(TIME_BUDGET_SPENT in r.note for r in history):
+    left_out = [r.family for r in history if r.method == "not run"]
+    advice.append(
+        f"  {TIME_BUDGET_SPENT} before a family passed"
+        + (f" ({', '.join(left_out)} not run)" if left_out else "")
+        + ": a larger max_time (or None), or a smaller num_draws / "
+        "max_grad_evals.")
   if any(not r.k_hat < r.k_hat_threshold for r in tried):
     advice.append(
         "  a high k-hat means q misses mass of p. If the model "
@@ -137,7 +149,7 @@ def failure_warning(history: Sequence[StageRecord], chosen: str) -> str:
     advice.append(
         "  independent fits disagreed: use more draws (num_draws), more "
         "restarts (num_restarts) or a larger gradient budget (max_grad_evals).")
-  if "flow" not in [r.family for r in tried]:
+  if "flow" not in [r.family for r in history]:
     advice.append("  a richer family: families=(..., 'flow').")
   advice.append("  or a sampler (NUTS) for a reference on this model.")
   return "\n".join(lines + advice)
@@ -178,6 +190,9 @@ def summary_table(history: Sequence[StageRecord], family: str, k_hat: float,
     verdict = (f"NOT reliable: no family passed; the {family} fit (highest "
                f"ELBO, k-hat {k_hat:.2f}) is returned and should not be "
                "trusted.")
+    if any(TIME_BUDGET_SPENT in r.note for r in history):
+      verdict += (f" {TIME_BUDGET_SPENT[0].upper()}{TIME_BUDGET_SPENT[1:]} "
+                  "(max_time): stages were cut short or not run.")
   rows += ["", verdict, f"target-gradient evaluations in all: "
            f"{num_grad_evals:,}"]
   return "\n".join(rows)
