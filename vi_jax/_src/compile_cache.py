@@ -36,7 +36,8 @@ measurements behind them).
 
 import collections
 import functools
-from typing import Any, Callable, Hashable, TypeVar
+import os
+from typing import Any, Callable, Hashable, Optional, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 from vi_jax._src.tracing import under_transformation
 
 __all__ = ["MAX_ENTRIES", "ONCE_OPTIONS", "cached", "clear", "jit_once",
-           "jitted", "program", "signature"]
+           "jitted", "program", "signature", "use_persistent_cache"]
 
 MAX_ENTRIES = 64
 # XLA's backend (LLVM) optimization level 1 and XLA:CPU's older (non-MLIR)
@@ -168,3 +169,32 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
     return plain(*args, **kwargs)
 
   return call
+
+
+def use_persistent_cache(directory: Optional[str] = None) -> str:
+  """Turns on JAX's persistent compilation cache: a new process that compiles
+  a program compiled before (same program, shapes, options, JAX and XLA)
+  loads it from disk instead.
+
+  Opt-in, as nothing here writes outside a cache folder unasked. Every
+  program is kept, however fast it compiled (`vi.auto_fit` compiles dozens of
+  them). Tracing and lowering still run in the new process; programs with
+  host callbacks (`vi.fit`'s progress bar) are not stored by JAX.
+
+  Args:
+    directory: the cache folder (created if missing); default
+      `$VI_JAX_CACHE_DIR`, else `~/.cache/vi_jax/xla`.
+
+  Returns:
+    The folder used.
+
+  References:
+    JAX's persistent compilation cache (`jax_compilation_cache_dir`).
+  """
+  path = directory or os.environ.get("VI_JAX_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "vi_jax", "xla")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
