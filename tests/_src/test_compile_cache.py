@@ -98,3 +98,32 @@ def test_jit_once_falls_back_to_the_plain_jit_for_an_option_xla_lacks(
   x = jnp.linspace(0., 1., 7)
   chex.assert_trees_all_close(compile_cache.jit_once(f)(x), jax.jit(f)(x),
                               rtol=1e-6)
+
+
+_PERSISTENT_SCRIPT = """
+import sys, jax, jax.numpy as jnp
+import vi_jax as vi
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+vi.compile_cache.use_persistent_cache(sys.argv[1])
+r = vi.laplace(lambda z: -0.5 * jnp.sum(z ** 2), (2,))
+jax.block_until_ready(r.loc)
+print(events.count("/jax/compilation_cache/cache_hits"),
+      events.count("/jax/compilation_cache/cache_misses"))
+"""
+
+
+def test_persistent_cache_lets_a_second_process_compile_nothing(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def run():
+    out = subprocess.run([sys.executable, "-c", _PERSISTENT_SCRIPT,
+                          str(tmp_path / "xla")], capture_output=True,
+                         text=True, timeout=300, check=True)
+    return [int(x) for x in out.stdout.split()[-2:]]
+
+  hits, misses = run()
+  assert hits == 0 and misses > 0
+  hits2, misses2 = run()
+  assert misses2 == 0 and hits2 == misses
