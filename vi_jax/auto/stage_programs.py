@@ -139,7 +139,11 @@ def _start_program(target_log_prob_fn, space, rung, config, num_draws):
 
   def run(loc, scale_tril, params0, fit_keys):
     surrogate = whitened(rung, config, space, loc, scale_tril)
-    return jax.vmap(lambda p, k: one(surrogate, p, k))(params0, fit_keys)
+    state = jax.vmap(lambda p, k: one(surrogate, p, k))(params0, fit_keys)
+    # Strongly typed, as `advance` returns it: a weakly typed leaf would make
+    # the second chunk's call trace and compile `advance` again.
+    return jax.tree_util.tree_map(
+        lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
   return jit_once(run)
 
