@@ -159,12 +159,12 @@ def _stalling_target(z):
   converges), and every evaluation made slow by a loop whose value enters at
   1e-30 (XLA cannot drop it): a mean-field DADVI stage that would run for
   minutes."""
-  slow = jax.lax.fori_loop(0, 30_000, lambda i, x: jnp.sin(x + z[0]), 0.)
+  slow = jax.lax.fori_loop(0, 300_000, lambda i, x: jnp.sin(x + z[0]), 0.)
   return -0.5 * z[0] ** 2 + 1e-30 * slow
 
 
 def test_a_budgeted_auto_fit_on_a_stalling_target_returns_within_its_budget():
-  max_time = 20.
+  max_time = 30.
   start = __import__("time").perf_counter()
   with pytest.warns(UserWarning, match="time budget was spent"):
     result = vi.auto_fit(_stalling_target, (4,), key=jax.random.key(0),
@@ -183,3 +183,4 @@ def test_a_budgeted_auto_fit_on_a_stalling_target_returns_within_its_budget():
   # Within the budget, up to the evaluation of the stage in flight (its
   # 1,000 draws through the slow target: a fraction of a second to a few).
   assert elapsed < 1.25 * max_time, elapsed
+  print(f"max_time {max_time} s, elapsed {elapsed:.1f} s")
