@@ -20,8 +20,8 @@ in the unconstrained space of the target's `default_event_space_bijector`.
 
 Two fits run at a time, in two threads (the auto_fits first, the largest
 target first): most of a fit's wall time is XLA compiling its programs, and
-one compilation keeps about one core busy (the README's `make demo` section
-gives the wall time). Rows print in the targets' order.
+one compilation keeps about one core busy (the demo prints its total wall
+time last). Rows print in the targets' order.
 """
 
 import argparse
