@@ -25,9 +25,11 @@ Stages:
    full-rank (low-rank above 200 dims), then a RealNVP flow. Gaussian families
    are fitted by DADVI (fixed draws, L-BFGS: no learning rate); the flow by
    Adam at a fixed budget (warmup-cosine schedule; whitening makes one
-   schedule serve every target). A stage's `num_restarts` independent fits, their PSIS
-   k-hats, ELBOs and moments are ONE compiled program (vmapped over keys); it
-   is compiled once per target, family and settings and reused on later calls.
+   schedule serve every target). A stage's `num_restarts` independent fits
+   (vmapped over keys) and their PSIS k-hats, ELBOs and moments are three
+   compiled programs (start, advance, evaluate: `vi_jax.auto.stage_programs`),
+   compiled once per target, family and settings and reused on later calls;
+   the host runs the fits in chunks, so that `max_time` can end them.
 3. **Verdict** (`vi_jax.auto.verdict`): a stage passes when its best fit's PSIS
    k-hat is below `min(max_k_hat, 0.7, 1 - 1/log10(S))` (max_k_hat 0.5 by
    default) and the independent fits agree
