@@ -201,7 +201,7 @@ def _not_run(family: str, spent: float, max_time) -> StageRecord:
       k_hat_threshold=math.nan, elbo=math.nan, mean_gap=math.nan,
       sd_gap=math.nan, num_grad_evals=0, wall_time=0., passed=False,
       note=f"not run: {TIME_BUDGET_SPENT} (max_time={max_time:g} s, "
-      f"{spent:.1f} s spent)")
+      f"{spent:.1f} s spent)", out_of_time=True)
 
 
 class _Ladder:
@@ -216,7 +216,7 @@ class _Ladder:
     """True (and the families recorded as not run) once the budget is spent
     or a stage was cut short by it; never before the first fit."""
     fitted = any(s[1] is not None for s in self.stages)
-    cut_short = any(TIME_BUDGET_SPENT in s[0].note for s in self.stages)
+    cut_short = any(s[0].out_of_time for s in self.stages)
     if not fitted or (time_budget.seconds_left(self.at) > 0 and
                       not cut_short):
       return False
@@ -386,7 +386,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       fits, key=lambda f: f[0].elbo if math.isfinite(f[0].elbo) else -math.inf)
   record, surrogate, params = chosen
   out_of_time = time_budget.seconds_left(at) <= 0 or any(
-      TIME_BUDGET_SPENT in r.note for r in history)
+      r.out_of_time for r in history)
   refined = record if out_of_time else (
       auto_stages.refine_k_hat(target_log_prob_fn, record, surrogate, params,
                                config, jax.random.fold_in(key, _REFINE_KEY)))

@@ -280,6 +280,7 @@ def run_stage(target_log_prob_fn, space, rung, config, loc, scale_tril, key,
     m, grown = min(GROWTH * m, config.max_dadvi_draws), True
   record = _record(rung.family, rung.method, judged, threshold, evals, t0,
                    judged.note + _fit_note(rung, config, m, fitted))
+  record = record._replace(out_of_time=fitted.out_of_time)
   return record, surrogate, _take(params, judged.best)
 
 

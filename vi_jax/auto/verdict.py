@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 # The words every record cut short or left out by `auto_fit(max_time=...)`
-# carries in its note (the warning looks for them).
+# carries in its note (`StageRecord.out_of_time` marks those records).
 TIME_BUDGET_SPENT = "the time budget was spent"
 MEAN_TOL = 0.1  # max |mean_a - mean_b| / pooled sd between independent fits
 SD_TOL = 0.1  # max |sd_a / sd_b - 1| (both orders) between independent fits
@@ -68,6 +68,8 @@ class StageRecord(NamedTuple):
     wall_time: seconds, compilation included.
     passed: the stage's fit can be trusted (always False for the start).
     note: the verdict in words.
+    out_of_time: the time budget (`auto_fit(max_time=...)`) cut the stage's
+      fits short or left the stage out; its note says which.
   """
   family: str
   method: str
@@ -80,6 +82,7 @@ class StageRecord(NamedTuple):
   wall_time: float
   passed: bool
   note: str
+  out_of_time: bool = False
 
 
 def agreement(mean: Array, sd: Array) -> tuple[Array, Array]:
@@ -132,7 +135,7 @@ def failure_warning(history: Sequence[StageRecord], chosen: str) -> str:
            "(highest ELBO) with reliable=False. Tried:"]
   lines += [f"  {r.family}: k-hat {r.k_hat:.2f}, {r.note}" for r in tried]
   advice = ["What to try:"]
-  if any(TIME_BUDGET_SPENT in r.note for r in history):
+  if any(r.out_of_time for r in history):
     left_out = [r.family for r in history if r.method == "not run"]
     advice.append(
         f"  {TIME_BUDGET_SPENT} before a family passed"
@@ -190,7 +193,7 @@ def summary_table(history: Sequence[StageRecord], family: str, k_hat: float,
     verdict = (f"NOT reliable: no family passed; the {family} fit (highest "
                f"ELBO, k-hat {k_hat:.2f}) is returned and should not be "
                "trusted.")
-    if any(TIME_BUDGET_SPENT in r.note for r in history):
+    if any(r.out_of_time for r in history):
       verdict += (f" {TIME_BUDGET_SPENT[0].upper()}{TIME_BUDGET_SPENT[1:]} "
                   "(max_time): stages were cut short or not run.")
   rows += ["", verdict, f"target-gradient evaluations in all: "
