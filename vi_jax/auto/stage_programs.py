@@ -222,7 +222,27 @@ def _next_stop(done_at: int, per_iteration: float, left: float,
 def fit(target_log_prob_fn, space, rung, config, num_draws, loc, scale_tril,
         params0, fit_keys, at: float) -> FitOutcome:
   """Runs the stage's R fits from `params0`, chunk by chunk, until they are
-  done or the deadline `at` (`vi_jax._src.time_budget`) has passed."""
+  done or the deadline `at` (`vi_jax._src.time_budget`) has passed.
+
+  Args:
+    target_log_prob_fn: the target of one draw (TFP's calling convention).
+    space: the `LatentSpace` of the latents.
+    rung: the family (`stages.ladder`); its `fitter` is "dadvi" or "adam".
+    config: the stage `Config` (max_iterations, flow_steps, dtype).
+    num_draws: Python int, DADVI's fixed draws (unused by Adam).
+    loc, scale_tril: `[dim]`, `[dim, dim]`, the whitening Gaussian.
+    params0: the R fits' initial params, leading `[R]`.
+    fit_keys: `[R]` PRNG keys (DADVI's fixed draws, Adam's steps).
+    at: Python float deadline; `math.inf` runs each fit to its end in one
+      call.
+
+  Returns:
+    A `FitOutcome`; `out_of_time` True when the deadline stopped a fit that
+    was not done.
+
+  References:
+    Giordano, Ingram, Broderick (2024), DADVI; optax's adam.
+  """
   args = (target_log_prob_fn, space, rung, config, num_draws)
   state = compile_cache.program(_start_program, *args)(loc, scale_tril,
                                                        params0, fit_keys)
@@ -251,6 +271,9 @@ def fit(target_log_prob_fn, space, rung, config, num_draws, loc, scale_tril,
 
 def evaluate(target_log_prob_fn, space, rung, config, loc, scale_tril, params,
              eval_key) -> tuple:
-  """`(elbo [R], k_hat [R], mean_gap, sd_gap)` of the R fits."""
+  """`(elbo [R], k_hat [R], mean_gap, sd_gap)` of the R fits (params with a
+  leading `[R]`), from `config.num_draws` draws each with the same
+  `eval_key`; the gaps as `vi_jax.auto.verdict.agreement` (Yao et al. 2018
+  for k-hat as a VI diagnostic)."""
   return compile_cache.program(_evaluate_program, target_log_prob_fn, space,
                                rung, config)(loc, scale_tril, params, eval_key)
