@@ -16,7 +16,8 @@ for. Host-driven solvers over such a kernel cost microseconds of dispatch per
 call, against seconds of compiling a whole while-loop program (pymc-extras'
 Pathfinder: scipy's L-BFGS over compiled logp and gradient functions).
 
-The Hessian (the Laplace stage's) is a second program, compiled on first use.
+One point at a time (an L-BFGS path) has a kernel of its own, and the
+Hessian (the Laplace stage's) a program of its own, each compiled on first use.
 """
 
 import dataclasses
@@ -44,11 +45,15 @@ class CompiledDensity:
     dim: Python int, the unconstrained dimension.
     dtype: numpy dtype of the kernel's inputs and outputs.
     kernel: the jitted `[BATCH, dim] -> ([BATCH], [BATCH, dim])`.
+    kernel_one: the jitted `[dim] -> ((), [dim])`, for one point at a time
+      (an L-BFGS path; compiled on first call: a batched call costs BATCH
+      times one point's work on a target with data).
     hessian_fn: the jitted `[dim] -> [dim, dim]` (compiled on first call).
   """
   dim: int
   dtype: Any
   kernel: Callable
+  kernel_one: Callable
   hessian_fn: Callable
 
   def value_and_grad(self, x) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +78,9 @@ class CompiledDensity:
     return values, grads
 
   def value_and_grad_one(self, x) -> tuple[float, np.ndarray]:
-    """`(log_p, grad [dim])` at one point `x: [dim]`."""
-    v, g = self.value_and_grad(np.asarray(x).reshape(1, self.dim))
-    return float(v[0]), g[0]
+    """`(log_p, grad [dim])` at one point `x: [dim]` (numpy)."""
+    v, g = self.kernel_one(np.asarray(x, self.dtype).reshape(self.dim))
+    return float(v), np.asarray(g)
 
   def hessian(self, x) -> np.ndarray:
     """`[dim, dim]` Hessian of the log density at `x: [dim]` (forward over
@@ -87,8 +92,10 @@ def _build(target_log_prob_fn, space: LatentSpace, dtype) -> CompiledDensity:
   log_density = flat_log_density(traced_once(target_log_prob_fn), space)
   one = lambda x: log_density(x[None])[0]
   kernel = jax.jit(jax.vmap(jax.value_and_grad(one)))
+  kernel_one = jax.jit(jax.value_and_grad(one))
   hessian_fn = compile_cache.jit_once(jax.hessian(one))
-  return CompiledDensity(space.dim, np.dtype(dtype), kernel, hessian_fn)
+  return CompiledDensity(space.dim, np.dtype(dtype), kernel, kernel_one,
+                         hessian_fn)
 
 
 def compiled_density(target_log_prob_fn, space: LatentSpace,
