@@ -14,7 +14,9 @@ import pytest
 import vi_jax as vi
 from vi_jax.auto import stages
 from vi_jax.criticism import diagnostics
+from vi_jax.auto import stage_programs
 from vi_jax.model import bijectors as bij_lib
+from vi_jax.model.compiled_density import compiled_density
 from vi_jax.surrogates import flows
 from vi_jax.surrogates import full_rank
 from vi_jax.surrogates import low_rank
@@ -33,6 +35,9 @@ def gaussian(x):
   """The normalized N(MEAN, COV) density: log Z = 0."""
   d = x - MEAN.astype(np.float32)
   return LOG_NORM - 0.5 * d @ jnp.asarray(PRECISION, jnp.float32) @ d
+
+
+DENSITY = compiled_density(gaussian, SPACE)
 
 
 def _config(num_draws=1000, dadvi_draws=30, max_dadvi_draws=120,
@@ -119,8 +124,8 @@ def test_fixed_draws_of_the_flow_are_none():
 
 def test_laplace_stage_is_exact_on_a_gaussian_and_passes():
   config = _config()
-  record, surrogate, params = stages.laplace_stage(
-      gaussian, SPACE, config, jax.random.key(0), 2)
+  record, surrogate, params, _ = stages.laplace_stage(
+      DENSITY, SPACE, config, jax.random.key(0), 2)
   np.testing.assert_allclose(np.asarray(params["loc"]), MEAN, atol=1e-4)
   tril = np.asarray(full_rank.full_rank_scale_tril(params), np.float64)
   np.testing.assert_allclose(tril @ tril.T, COV, rtol=1e-3, atol=1e-4)
@@ -156,8 +161,8 @@ def test_start_is_pathfinders_gaussian_near_the_posterior():
 def test_full_rank_stage_recovers_the_gaussian_and_passes():
   # Whitened by N(0, I), far from the posterior: DADVI does the work.
   rung = stages.ladder(["full_rank"], 3)[0]
-  record, surrogate, params = stages.run_stage(
-      gaussian, SPACE, rung, _config(), jnp.zeros(3), jnp.eye(3),
+  record, surrogate, params, _ = stages.run_stage(
+      DENSITY, SPACE, rung, _config(), jnp.zeros(3), jnp.eye(3),
       jax.random.key(0), 2)
   assert record.family == "full_rank" and record.passed, record.note
   assert record.k_hat < 0.5
@@ -180,8 +185,8 @@ def test_mean_field_stage_fails_by_the_k_hat_of_its_closed_form():
   k_of = lambda s: 1. - 1. / np.linalg.eigvalsh(COV / np.outer(s, s)).max()
   assert k_of(s_opt) > 0.8
   rung = stages.ladder(["mean_field"], 3)[0]
-  record, _, params = stages.run_stage(
-      gaussian, SPACE, rung, _config(num_draws=4000), jnp.zeros(3),
+  record, _, params, _ = stages.run_stage(
+      DENSITY, SPACE, rung, _config(num_draws=4000), jnp.zeros(3),
       jnp.eye(3), jax.random.key(0), 2)
   assert not record.passed and record.family == "mean_field"
   assert record.note.startswith("fail: k-hat")
@@ -205,24 +210,34 @@ def test_k_hat_near_0_7_is_estimated_again_from_four_times_the_draws():
   kept."""
   k_true = 0.7
   target = lambda z: jnp.sum(-0.5 * z ** 2 * (1. - k_true))
-  q = vi.surrogates.mean_field_normal(event_shape=(1,), init_scale=1.)
-  params = q.init(jax.random.key(0))
   config = stages.Config(num_draws=16_000, dadvi_draws=30,
                          max_dadvi_draws=480, max_iterations=500,
                          flow_steps=8, dtype=None, max_k_hat=0.5)
   record = vi.StageRecord("flow", "Adam", 0.65, 0.5, -1., 0., 0., 8, 1.,
                           False, "fail: k-hat 0.65 >= 0.50")
   keys = jax.random.split(jax.random.key(1), 8)
-  refined = [stages.refine_k_hat(target, record, q, params, config, k)
-             for k in keys]
+  fit = _fit_of(target, record, config)
+  refined = [stages.refine_k_hat(fit[0], fit[1], config, k) for k in keys]
   k64 = np.array([r.k_hat for r in refined])
   assert abs(k64.mean() - k_true) < 0.1, k64
   assert "from 64,000 draws, 0.65 from 16,000" in refined[0].note
   far = record._replace(k_hat=0.5)
-  assert stages.refine_k_hat(target, far, q, params, config, keys[0]) is far
+  assert stages.refine_k_hat(
+      fit[0], fit[1]._replace(record=far), config, keys[0]) is far
   passed = record._replace(passed=True)
-  assert stages.refine_k_hat(target, passed, q, params, config,
-                             keys[0]) is passed
+  assert stages.refine_k_hat(
+      fit[0], fit[1]._replace(record=passed), config, keys[0]) is passed
+
+
+def _fit_of(target, record, config):
+  """`(density, Fit)`: q = N(0, 1) over one unconstrained dim (a mean-field
+  rung whitened by N(0, 1)) with its record."""
+  space = bij_lib.latent_space((1,), None)
+  q = mean_field.mean_field_normal((1,), init_scale=1.)
+  rung = stages.ladder(["mean_field"], 1)[0]
+  draws = stage_programs.fit_draws(rung, config, jnp.zeros(1), jnp.eye(1))
+  return compiled_density(target, space), stages.Fit(
+      record, q, q.init(jax.random.key(0)), draws)
 
 
 @pytest.mark.parametrize("k_hat, refined", [
@@ -230,13 +245,12 @@ def test_k_hat_near_0_7_is_estimated_again_from_four_times_the_draws():
     (1.5, False), (math.nan, False)])
 def test_refine_k_hat_only_within_the_window_of_0_7(k_hat, refined):
   assert stages.PSIS_USABLE == 0.7 and stages.REFINE_WINDOW == 0.1
-  q = mean_field.mean_field_normal((1,), init_scale=1.)
   target = lambda z: jnp.sum(-0.5 * z ** 2)  # q = p: the new k-hat is low
   config = _config(num_draws=200)
   record = stages.StageRecord("flow", "Adam", k_hat, 0.5, -1., 0., 0., 8, 1.,
                               False, "fail")
-  out = stages.refine_k_hat(target, record, q, q.init(jax.random.key(0)),
-                            config, jax.random.key(1))
+  density, fit = _fit_of(target, record, config)
+  out = stages.refine_k_hat(density, fit, config, jax.random.key(1))
   if not refined:
     assert out is record
     return

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 
 from vi_jax._src.tracing import under_transformation
 
-__all__ = ["MAX_ENTRIES", "ONCE_OPTIONS", "cached", "clear", "jit_once",
-           "jitted", "program", "signature", "use_persistent_cache"]
+__all__ = ["MAX_ENTRIES", "ONCE_OPTIONS", "cached", "clear", "host_jit",
+           "jit_once", "jitted", "program", "signature", "use_persistent_cache"]
 
 MAX_ENTRIES = 64
 # XLA's backend (LLVM) optimization level 1 and XLA:CPU's older (non-MLIR)
@@ -169,6 +169,22 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
     return plain(*args, **kwargs)
 
   return call
+
+
+def host_jit(fn: Callable) -> Callable:
+  """`jax.jit(fn)` with `ONCE_OPTIONS`, for a program that only the host
+  calls (concrete arrays in, never under a transformation), and calls often:
+  an L-BFGS solve's or an Adam loop's step. No per-call check (`jit_once`
+  checks for a transformation on every call: tens of microseconds with many
+  arguments).
+
+  Args:
+    fn: the function to compile.
+
+  Returns:
+    The jitted function.
+  """
+  return jax.jit(fn, compiler_options=ONCE_OPTIONS)
 
 
 def use_persistent_cache(directory: Optional[str] = None) -> str:

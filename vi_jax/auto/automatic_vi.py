@@ -65,7 +65,7 @@ from vi_jax._src import compile_cache
 from vi_jax._src import time_budget
 from vi_jax._src.types import Params, PRNGKey, PyTree
 from vi_jax._src import validation as vv
-from vi_jax.model.target import batched_target
+from vi_jax.model.compiled_density import compiled_density
 from vi_jax.surrogates import Surrogate
 from vi_jax.surrogates import mean_field
 from vi_jax.surrogates.full_rank import full_rank_scale_tril
@@ -99,6 +99,12 @@ class AutoFitResult(NamedTuple):
       row of `history` gives its own in its note.
     history: tuple of `StageRecord`, every stage tried, in order.
     target_log_prob_fn: the target (for PSIS resampling in `sample`).
+    space: the `LatentSpace` of the latents.
+    density: the target's `CompiledDensity` (its log density and gradient,
+      compiled once: `sample` evaluates the PSIS weights with it).
+    draws: `(params, key, n) -> (x [n, dim], log_q [n])`, the fit's draws in
+      the flat unconstrained coordinates (numpy), by programs compiled once
+      per family and dim.
   """
   surrogate: Surrogate
   params: Params
@@ -108,6 +114,9 @@ class AutoFitResult(NamedTuple):
   num_grad_evals: int
   history: tuple
   target_log_prob_fn: Callable[..., Any]
+  space: Any = None
+  density: Any = None
+  draws: Any = None
 
   def sample(self, key: PRNGKey, n: int) -> PyTree:
     """`n` posterior draws: PSIS-resampled from q when k-hat < 0.7.
@@ -125,10 +134,14 @@ class AutoFitResult(NamedTuple):
       A pytree like `event_shape` with leading `[n]`, in each latent's support.
     """
     n = check_sample_size(n)
-    resample = bool(self.k_hat < _PSIS_OK)
-    return compile_cache.jitted(
-      _sample, self.target_log_prob_fn, self.surrogate, n, resample)(
-            self.params, key)
+    draw_key, pick_key = jax.random.split(key)
+    if not self.k_hat < _PSIS_OK:
+      x, _ = self.draws(self.params, draw_key, n)
+      return compile_cache.jitted(_to_latents, self.space)(x)
+    x, log_q = self.draws(self.params, draw_key, 4 * n)
+    log_p, _ = self.density.value_and_grad(x)
+    return compile_cache.jitted(_resample, self.space, n)(
+        x, log_p - log_q, pick_key)
 
   def summary(self) -> str:
     """Every stage (k-hat, ELBO, agreement, cost) and the verdict, as text."""
@@ -147,19 +160,20 @@ class AutoFitResult(NamedTuple):
         target_log_prob_fn=self.target_log_prob_fn, **kwargs)
 
 
-def _sample(target_log_prob_fn, surrogate, n, resample, params, key):
-  if not resample:
-    return surrogate.sample_and_log_prob(params, key, n)[0]
-  draw_key, pick_key = jax.random.split(key)
-  z, log_q = surrogate.sample_and_log_prob(params, draw_key, 4 * n)
-  log_w = batched_target(target_log_prob_fn)(z) - log_q
+def _to_latents(space, x):
+  return space.forward_and_log_det(x)[0]
+
+
+def _resample(space, n, x, log_w, key):
+  """n of the draws `x [4n, dim]` resampled by their Pareto-smoothed
+  importance weights, as latents in their support."""
   log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
   smoothed = diagnostics.psis(log_w).log_weights
   # Inverse-CDF draws (`jax.random.choice`), not `categorical`, whose Gumbel
   # trick draws an [n, 4n] array (2.7 s at n = 4000).
-  idx = jax.random.choice(pick_key, smoothed.shape[0], shape=(n,),
+  idx = jax.random.choice(key, smoothed.shape[0], shape=(n,),
                           p=jax.nn.softmax(smoothed))
-  return jax.tree_util.tree_map(lambda x: x[idx], z)
+  return _to_latents(space, x[idx])
 
 
 # The driver -------------------------------------------------------------------
@@ -194,14 +208,14 @@ def _check_inputs(target_log_prob_fn, event_shape, bijector, key, families,
   return space
 
 
-def _not_run(family: str, spent: float, max_time) -> StageRecord:
+def _not_run(family: str, spent: float, max_time) -> auto_stages.Fit:
   """The record of a stage that the time budget left out."""
-  return StageRecord(
+  return auto_stages.Fit(StageRecord(
       family=family, method="not run", k_hat=math.nan,
       k_hat_threshold=math.nan, elbo=math.nan, mean_gap=math.nan,
       sd_gap=math.nan, num_grad_evals=0, wall_time=0., passed=False,
       note=f"not run: {TIME_BUDGET_SPENT} (max_time={max_time:g} s, "
-      f"{spent:.1f} s spent)", out_of_time=True)
+      f"{spent:.1f} s spent)", out_of_time=True))
 
 
 class _Ladder:
@@ -215,14 +229,14 @@ class _Ladder:
   def out_of_time(self, families) -> bool:
     """True (and the families recorded as not run) once the budget is spent
     or a stage was cut short by it; never before the first fit."""
-    fitted = any(s[1] is not None for s in self.stages)
-    cut_short = any(s[0].out_of_time for s in self.stages)
+    fitted = any(s.surrogate is not None for s in self.stages)
+    cut_short = any(s.record.out_of_time for s in self.stages)
     if not fitted or (time_budget.seconds_left(self.at) > 0 and
                       not cut_short):
       return False
     for family in families:
-      self.stages.append((_not_run(family, self.report.elapsed(),
-                                   self.max_time), None, None))
+      self.stages.append(_not_run(family, self.report.elapsed(),
+                                  self.max_time))
     return True
 
   def run(self, name, stage_fn, *args) -> bool:
@@ -230,19 +244,19 @@ class _Ladder:
     self.report.start(name)
     stage = stage_fn(*args)
     self.stages.append(stage)
-    self.report.end(stage[0])
-    return stage[0].passed
+    self.report.end(stage.record)
+    return stage.record.passed
 
 
-def _run_ladder(target_log_prob_fn, space, families, config, key,
+def _run_ladder(target_log_prob_fn, density, space, families, config, key,
                 num_restarts, ladder: _Ladder) -> list:
-  """Every stage run, in order, as `(record, surrogate, params)` (the
-  Pathfinder start and stages the budget left out as `(record, None, None)`);
-  stops at the first pass."""
+  """Every stage run, in order, as `auto_stages.Fit` (the Pathfinder start
+  and stages the budget left out with only a record); stops at the first
+  pass."""
   laplace_key, start_key, ladder_key = jax.random.split(key, 3)
   if "laplace" in families and space.dim <= auto_stages.LAPLACE_MAX_DIM:
-    if ladder.run("laplace", auto_stages.laplace_stage, target_log_prob_fn,
-                  space, config, laplace_key, num_restarts):
+    if ladder.run("laplace", auto_stages.laplace_stage, density, space,
+                  config, laplace_key, num_restarts):
       return ladder.stages
   rungs = auto_stages.ladder([f for f in families if f != "laplace"],
                              space.dim)
@@ -250,26 +264,26 @@ def _run_ladder(target_log_prob_fn, space, families, config, key,
     return ladder.stages
   laplace = ladder.stages[0] if ladder.stages else None
   if laplace is None or not (
-      laplace[0].k_hat < auto_stages.WHITEN_BY_LAPLACE_K_HAT):
+      laplace.record.k_hat < auto_stages.WHITEN_BY_LAPLACE_K_HAT):
     ladder.report.start("pathfinder")
     loc, scale_tril, start = auto_stages.start(
         target_log_prob_fn, space, start_key, config.dtype)
-    if laplace is not None and laplace[0].elbo > start.elbo:
+    if laplace is not None and laplace.record.elbo > start.elbo:
       start = start._replace(note=start.note.replace(
           "whitens the ladder", "not used (Laplace's ELBO is higher)"))
     else:
       laplace = None
-    ladder.stages.append((start, None, None))
+    ladder.stages.append(auto_stages.Fit(start))
     ladder.report.end(start)
   if laplace is not None:  # the better Gaussian whitens the ladder
-    loc, scale_tril = laplace[2]["loc"], full_rank_scale_tril(laplace[2])
+    loc = laplace.params["loc"]
+    scale_tril = full_rank_scale_tril(laplace.params)
   keys = jax.random.split(ladder_key, len(rungs))
   for i, (rung, k) in enumerate(zip(rungs, keys)):
     if ladder.out_of_time([r.family for r in rungs[i:]]):
       break
-    if ladder.run(rung.family, auto_stages.run_stage, target_log_prob_fn,
-                  space, rung, config, loc, scale_tril, k, num_restarts,
-                  ladder.at):
+    if ladder.run(rung.family, auto_stages.run_stage, density, space, rung,
+                  config, loc, scale_tril, k, num_restarts, ladder.at):
       break
   return ladder.stages
 
@@ -376,20 +390,22 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
   at = time_budget.deadline(max_time)
   report = stage_progress.StageProgress(verbose, progress_bar, max_time)
   try:
-    fits = _run_ladder(target_log_prob_fn, space, families, config, key,
-                       num_restarts, _Ladder(report, at, max_time))
+    density = compiled_density(target_log_prob_fn, space, config.dtype)
+    fits = _run_ladder(target_log_prob_fn, density, space, families, config,
+                       key, num_restarts, _Ladder(report, at, max_time))
   finally:
     report.close()
-  history = [f[0] for f in fits]
-  fits = [f for f in fits if f[1] is not None]
-  chosen = fits[-1] if fits[-1][0].passed else max(
-      fits, key=lambda f: f[0].elbo if math.isfinite(f[0].elbo) else -math.inf)
-  record, surrogate, params = chosen
+  history = [f.record for f in fits]
+  fits = [f for f in fits if f.surrogate is not None]
+  chosen = fits[-1] if fits[-1].record.passed else max(
+      fits, key=lambda f: f.record.elbo if math.isfinite(f.record.elbo)
+      else -math.inf)
+  record, surrogate, params = chosen.record, chosen.surrogate, chosen.params
   out_of_time = time_budget.seconds_left(at) <= 0 or any(
       r.out_of_time for r in history)
   refined = record if out_of_time else (
-      auto_stages.refine_k_hat(target_log_prob_fn, record, surrogate, params,
-                               config, jax.random.fold_in(key, _REFINE_KEY)))
+      auto_stages.refine_k_hat(density, chosen, config,
+                               jax.random.fold_in(key, _REFINE_KEY)))
   history = [refined if r is record else r for r in history]
   record = refined
   total = sum(r.num_grad_evals for r in history)
@@ -400,4 +416,5 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
                        family=record.family, k_hat=record.k_hat,
                        reliable=record.passed, num_grad_evals=total,
                        history=tuple(history),
-                       target_log_prob_fn=target_log_prob_fn)
+                       target_log_prob_fn=target_log_prob_fn, space=space,
+                       density=density, draws=chosen.draws)

@@ -1,100 +1,192 @@
-"""The compiled programs of one `vi.auto_fit` ladder stage, and the host loop
-that runs its fits in chunks under a time budget.
+"""One `vi.auto_fit` ladder stage run from the host over the compiled target.
 
-A stage fits `num_restarts` (R) copies of one whitened family, vmapped: DADVI
-solves (L-BFGS on fixed draws, `vi_jax.solvers.sample_average`) for the
-Gaussian families, Adam at a fixed budget for the flow. Three programs serve a
-stage, each compiled once per target, family and settings (DADVI's start and
-advance also per number of fixed draws) and cached (`vi_jax._src.compile_cache`):
+A stage fits `num_restarts` (R) copies of one whitened family: DADVI solves
+(scipy's L-BFGS-B on the -ELBO at fixed draws) for the Gaussian families,
+Adam at a fixed budget for the flow. The target enters only through its
+`CompiledDensity` (`vi_jax.model.compiled_density`: the log density and
+gradient in the flat unconstrained coordinates, compiled once per target);
+the stage's own programs never call it, so they compile in a fraction of a
+second, once per family, dimension and settings, and are shared by every
+target of that dimension:
 
-- start: `(loc, scale_tril, params0 [R], fit_keys [R]) -> state [R]`;
-- advance: `(loc, scale_tril, state [R], fit_keys [R], stop_at) -> state [R]`,
-  the fits' iterations (one `lax.while_loop` each) until done or `stop_at`
-  iterations in all: the host calls it in chunks, sized from the time the
-  last chunk took, and stops calling at the deadline (a program cannot be
-  interrupted, and a host callback inside one would keep JAX's persistent
-  compilation cache from storing it);
-- evaluate: `(loc, scale_tril, params [R], eval_key) -> (elbo [R], k_hat [R],
-  mean_gap, sd_gap)`: PSIS k-hat, ELBO and the PSIS-corrected moments' agreement
-  of the fits, from `config.num_draws` draws (the same draws for every fit).
+- draws: `(loc, scale_tril, theta, key) -> (x [n, dim], log_q [n])`, the
+  family's reparameterized draws in the unconstrained coordinates
+  (`x = loc + scale_tril @ u`, u from the family), theta its flat params;
+- gradient: `(loc, scale_tril, theta, key, g [n, dim]) -> [P]`, the -ELBO's
+  gradient at those draws given the target's gradients `g` there (the chain
+  rule through the draws: `-mean(x . g) + mean(log q)` differentiated with
+  `g` held fixed);
+- the flow's Adam step, which also makes the next step's draws;
+- the verdict: PSIS k-hat, ELBO and PSIS-corrected moments of R fits.
+
+The host runs the solvers between these calls and checks the deadline between
+iterations (scipy's callback; each Adam step), so `max_time` can end a fit.
+
+References:
+  Giordano, Ingram, Broderick (2024), DADVI, JMLR 25(18) (fixed draws, a
+  quasi-Newton solve: their code calls scipy.optimize). Byrd, Lu, Nocedal,
+  Zhu (1995), L-BFGS-B. Kingma & Ba (2015), Adam. Yao, Vehtari, Simpson,
+  Gelman (2018), "Yes, but did it work?" (k-hat as a VI diagnostic).
 """
 
 import math
-import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.optimize
 
 from vi_jax._src import compile_cache
 from vi_jax._src import time_budget
+from vi_jax._src.compile_cache import host_jit
 from vi_jax._src.compile_cache import jit_once
-from vi_jax._src.types import Array, Params
+from vi_jax._src.types import Params
 from vi_jax.auto import verdict
 from vi_jax.criticism import diagnostics
-from vi_jax.model.target import batched_target
-from vi_jax.model.target import traced_once
-from vi_jax.objectives.losses import negative_elbo
+from vi_jax.model.compiled_density import CompiledDensity
 from vi_jax.solvers import sample_average
 from vi_jax.surrogates import whitening
 
-__all__ = ["FLOW_LEARNING_RATE", "FLOW_SAMPLE_SIZE", "EVAL_BATCH", "FitOutcome",
-           "evaluate", "fit", "init_params", "log_weights", "whitened"]
+__all__ = ["FLOW_LEARNING_RATE", "FLOW_SAMPLE_SIZE", "FitOutcome", "evaluate",
+           "fit", "fit_draws", "init_params", "judge_draws", "whitened"]
 
 FLOW_LEARNING_RATE = 5e-3  # the flow's peak Adam step size (whitened space)
 FLOW_SAMPLE_SIZE = 8  # draws per Adam step of the flow
-EVAL_BATCH = 2048  # draws of the target evaluated at once in a verdict
-_FIRST_CHUNK = 1  # iterations of the first call under a deadline (it compiles)
+DADVI_GTOL = 1e-6  # scipy L-BFGS-B's gtol of a DADVI solve (sup-norm)
 
 
 def whitened(rung, config, space, loc, scale_tril):
   """The rung's family over `space`, whitened by `loc`, `scale_tril`."""
+  return whitening.whiten(rung.make, space, None, loc=loc,
+                          scale_tril=scale_tril, **_family_kwargs(rung, config))
+
+
+def _family_kwargs(rung, config) -> dict:
   kwargs = dict(rung.kwargs)
   if config.dtype is not None:
     kwargs["dtype"] = config.dtype
-  return whitening.whiten(rung.make, space, None, loc=loc,
-                          scale_tril=scale_tril, **kwargs)
+  return kwargs
 
 
-def _in_batches(log_p, z):
-  """`log_p(z)` over `[n, ...]` draws, `EVAL_BATCH` at a time (bounded
-  memory: a target's intermediates grow with the draws it sees at once)."""
-  one = lambda zi: log_p(jax.tree_util.tree_map(lambda x: x[None], zi))[0]
-  return jax.lax.map(one, z, batch_size=EVAL_BATCH)
+def _inner(rung, config, dim):
+  """The family over the whitened coordinates u (`[dim]`), as `whiten`
+  builds it (an untrained Gaussian is exactly the whitening Gaussian)."""
+  return whitening.whiten(rung.make, (dim,), None, loc=jnp.zeros(dim),
+                          scale_tril=jnp.eye(dim),
+                          **_family_kwargs(rung, config))
 
 
-def log_weights(log_p, surrogate, num_draws, params, key):
-  """`num_draws` draws of q and their log weights `log p - log q` (NaN ->
-  -inf: a draw where the target is undefined has no weight)."""
-  z, log_q = surrogate.sample_and_log_prob(params, key, num_draws)
-  log_w = _in_batches(log_p, z) - log_q
-  return z, jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
+def _draws(inner, unravel, n, loc, scale_tril, theta, key):
+  """n draws `x [n, dim]` of the whitened family and `log q(x) [n]`, both in
+  the flat unconstrained coordinates."""
+  u, log_q = inner.sample_and_log_prob(unravel(theta), key, n)
+  x = loc.astype(u.dtype) + u @ scale_tril.T.astype(u.dtype)
+  return x, log_q - jnp.sum(jnp.log(jnp.diagonal(scale_tril))).astype(u.dtype)
 
 
-def evaluate_one(log_p, space, surrogate, num_draws, params, eval_key):
-  """`(elbo, k_hat, mean [dim], sd [dim])` of one fit from `num_draws` draws.
-
-  The moments are PSIS-corrected (what `AutoFitResult.sample` returns) and of
-  the flat unconstrained coordinates. The same `eval_key` serves every fit, so
-  that differences between fits are not Monte Carlo noise of these draws
-  (common random numbers).
-  """
-  z, log_w = log_weights(log_p, surrogate, num_draws, params, eval_key)
-  smoothed = diagnostics.psis(log_w)
-  u, _ = space.inverse_and_log_det(z)
-  mean, var = diagnostics.weighted_moments(u, smoothed.log_weights)
-  return jnp.mean(log_w), smoothed.pareto_k, mean, jnp.sqrt(var)
+def _surrogate_loss(inner, unravel, n, loc, scale_tril, theta, key, g):
+  """`-mean(x . g) + mean(log q)`: with `g` the target's gradient at the
+  draws (held fixed), its gradient in theta is the -ELBO's."""
+  x, log_q = _draws(inner, unravel, n, loc, scale_tril, theta, key)
+  return -jnp.mean(jnp.sum(x * jax.lax.stop_gradient(g), axis=-1)) + jnp.mean(
+      log_q)
 
 
-class _AdamState(NamedTuple):
-  """One flow fit by Adam: `config.flow_steps` steps of `FLOW_SAMPLE_SIZE`."""
-  params: Params
-  opt_state: Any
-  keys: Array  # [flow_steps] the step keys (split once, as one scan would)
-  iteration: Array  # shape=(), int32: steps taken
-  done: Array  # shape=(), bool
+def _dadvi_programs(rung, config, dim, treedef_and_shapes, n):
+  """The jitted draws and gradient of one DADVI solve (flat theta)."""
+  inner = _inner(rung, config, dim)
+  unravel = _unraveler(treedef_and_shapes)
+  draws = host_jit(lambda loc, st, theta, key: _draws(
+      inner, unravel, n, loc, st, theta, key))
+  grad = host_jit(jax.grad(lambda theta, loc, st, key, g: _surrogate_loss(
+      inner, unravel, n, loc, st, theta, key, g)))
+  return draws, grad
+
+
+def _unraveler(treedef_and_shapes):
+  treedef, shapes = treedef_and_shapes
+  sizes = [math.prod(s) for s, _ in shapes]
+
+  def unravel(theta):
+    leaves, at = [], 0
+    for (shape, dtype), size in zip(shapes, sizes):
+      leaves.append(theta[at:at + size].reshape(shape).astype(dtype))
+      at += size
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+  return unravel
+
+
+def _ravel(params) -> tuple[np.ndarray, Any]:
+  """A pytree's leaves as one float64 vector, and its hashable layout."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  shapes = tuple((tuple(np.shape(l)), str(np.asarray(l).dtype))
+                 for l in leaves)
+  flat = np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves])
+  return flat, (treedef, shapes)
+
+
+class FitOutcome(NamedTuple):
+  """The R fits of one stage as the host loop left them."""
+  params: Params  # [R]
+  num_grad_evals: int  # target-gradient evaluations, all fits
+  iterations: int  # iterations (L-BFGS) or steps (Adam) of the longest fit
+  max_iterations: int  # the most a fit would take
+  out_of_time: bool  # stopped at the deadline before every fit was done
+
+
+def _dadvi_solve(density, draws, grad, loc, scale_tril, theta0, key, config,
+                 at) -> tuple[np.ndarray, int, int, bool]:
+  """One fixed-draw solve by scipy's L-BFGS-B: `(theta, evaluations,
+  iterations, out_of_time)`."""
+  evals = [0]
+
+  def fun(theta):
+    evals[0] += 1
+    x, log_q = draws(loc, scale_tril, theta, key)
+    log_p, g = density.value_and_grad(x)
+    value = float(np.mean(np.asarray(log_q, np.float64)) - np.mean(
+        log_p.astype(np.float64)))
+    if not (math.isfinite(value) and np.all(np.isfinite(g))):
+      return math.inf, np.zeros_like(theta)
+    return value, np.asarray(grad(theta, loc, scale_tril, key, g), np.float64)
+
+  stopped = [False]
+
+  def callback(intermediate_result):
+    del intermediate_result
+    if time_budget.seconds_left(at) <= 0:
+      stopped[0] = True
+      raise StopIteration
+
+  ftol = sample_average.default_ftol(jnp.zeros((), np.dtype(density.dtype)))
+  result = scipy.optimize.minimize(
+      fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
+      options=dict(maxiter=config.max_iterations, ftol=ftol, gtol=DADVI_GTOL))
+  return result.x, evals[0], int(result.nit), stopped[0]
+
+
+def _fit_dadvi(density, rung, config, num_draws, loc, scale_tril, params0,
+               fit_keys, at) -> FitOutcome:
+  num_restarts = len(fit_keys)
+  thetas, evals, iterations, out_of_time = [], 0, 0, False
+  for r in range(num_restarts):
+    theta0, layout = _ravel(jax.tree_util.tree_map(lambda x: x[r], params0))
+    draws, grad = compile_cache.program(_dadvi_programs, rung, config,
+                                        density.dim, layout, num_draws)
+    if out_of_time:  # the budget is spent: the fit stays at its start
+      thetas.append(theta0)
+      continue
+    theta, n, nit, out_of_time = _dadvi_solve(
+        density, draws, grad, loc, scale_tril, theta0, fit_keys[r], config, at)
+    thetas.append(theta)
+    evals, iterations = evals + n * num_draws, max(iterations, nit)
+  params = compile_cache.program(_unravel_program, layout)(
+      np.stack(thetas).astype(density.dtype))
+  return FitOutcome(params, evals, iterations, config.max_iterations,
+                    out_of_time)
 
 
 def _adam(config) -> optax.GradientTransformation:
@@ -107,82 +199,167 @@ def _adam(config) -> optax.GradientTransformation:
       FLOW_LEARNING_RATE / 100))
 
 
-def _adam_advance(config, target_log_prob_fn, surrogate, st: _AdamState,
-                  stop_at) -> _AdamState:
-  optimizer, loss_fn = _adam(config), negative_elbo()
-  grad = jax.grad(lambda p, k: loss_fn(target_log_prob_fn, surrogate, p, k,
-                                       FLOW_SAMPLE_SIZE))
+def _flow_programs(rung, config, dim, layout):
+  """The jitted start and step of R vmapped Adam fits of the flow, over flat
+  params `theta [R, P]` (a program's dispatch cost grows with its number of
+  arrays: 0.5 ms a call for a RealNVP's 80 params and Adam moments):
+  start `(loc, st, theta, keys [R, steps]) -> (opt_state, x, log_q)`,
+  step `(loc, st, theta, opt_state, keys, i, g [R, n, dim]) -> (theta,
+  opt_state, x, log_q)` (step i's update and step i + 1's draws)."""
+  inner, optimizer = _inner(rung, config, dim), _adam(config)
+  unravel, n = _unraveler(layout), FLOW_SAMPLE_SIZE
 
-  def step(st):
-    updates, opt_state = optimizer.update(
-        grad(st.params, st.keys[st.iteration]), st.opt_state, st.params)
-    return st._replace(params=optax.apply_updates(st.params, updates),
-                       opt_state=opt_state, iteration=st.iteration + 1,
-                       done=st.iteration + 1 >= config.flow_steps)
+  def draw(loc, st, theta, keys, i):
+    return jax.vmap(lambda t, k: _draws(inner, unravel, n, loc, st, t, k[i]))(
+        theta, keys)
 
-  return jax.lax.while_loop(lambda s: ~s.done & (s.iteration < stop_at),
-                            step, st)
+  def start(loc, st, theta, keys):
+    return (jax.vmap(optimizer.init)(theta),) + draw(loc, st, theta, keys, 0)
 
+  def step(loc, st, theta, opt_state, keys, i, g):
+    def one(t, s, k, gi):
+      grads = jax.grad(lambda q: _surrogate_loss(inner, unravel, n, loc, st, q,
+                                                 k[i], gi))(t)
+      updates, s = optimizer.update(grads, s, t)
+      return optax.apply_updates(t, updates), s
+    theta, opt_state = jax.vmap(one)(theta, opt_state, keys, g)
+    nxt = jnp.minimum(i + 1, keys.shape[1] - 1)
+    return (theta, opt_state) + draw(loc, st, theta, keys, nxt)
 
-def _start_program(target_log_prob_fn, space, rung, config, num_draws):
-  target_log_prob_fn = traced_once(target_log_prob_fn)
-
-  def one(surrogate, p0, key):
-    if rung.fitter == "adam":
-      return _AdamState(p0, _adam(config).init(p0),
-                        jax.random.split(key, config.flow_steps),
-                        jnp.zeros((), jnp.int32),
-                        jnp.asarray(config.flow_steps < 1))
-    return sample_average.solve_start(
-        target_log_prob_fn, surrogate, p0, key, num_draws=num_draws,
-        max_iterations=config.max_iterations)
-
-  def run(loc, scale_tril, params0, fit_keys):
-    surrogate = whitened(rung, config, space, loc, scale_tril)
-    state = jax.vmap(lambda p, k: one(surrogate, p, k))(params0, fit_keys)
-    # Strongly typed, as `advance` returns it: a weakly typed leaf would make
-    # the second chunk's call trace and compile `advance` again.
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.convert_element_type(x, x.dtype), state)
-
-  return jit_once(run)
+  return host_jit(start), host_jit(step)
 
 
-def _advance_program(target_log_prob_fn, space, rung, config, num_draws):
-  target_log_prob_fn = traced_once(target_log_prob_fn)
+def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
+              at) -> FitOutcome:
+  thetas, layout = zip(*[_ravel(jax.tree_util.tree_map(lambda x: x[r], params0))
+                         for r in range(len(fit_keys))])
+  start, step = compile_cache.program(_flow_programs, rung, config,
+                                      density.dim, layout[0])
+  keys = compile_cache.jitted(_step_keys, max(1, config.flow_steps))(fit_keys)
+  theta = np.stack(thetas).astype(density.dtype)
+  opt_state, x, _ = start(loc, scale_tril, theta, keys)
+  shape, taken = np.shape(x), 0
+  while taken < config.flow_steps and time_budget.seconds_left(at) > 0:
+    _, g = density.value_and_grad(np.asarray(x).reshape(-1, shape[-1]))
+    theta, opt_state, x, _ = step(loc, scale_tril, theta, opt_state, keys,
+                                  np.int32(taken), g.reshape(shape))
+    taken += 1
+  params = compile_cache.program(_unravel_program, layout[0])(theta)
+  return FitOutcome(params, taken * FLOW_SAMPLE_SIZE * len(fit_keys), taken,
+                    config.flow_steps, taken < config.flow_steps)
 
-  def one(surrogate, st, key, stop_at):
-    if rung.fitter == "adam":
-      return _adam_advance(config, target_log_prob_fn, surrogate, st, stop_at)
-    return sample_average.solve_advance(
-        target_log_prob_fn, surrogate, st, key, num_draws=num_draws,
-        max_iterations=config.max_iterations, stop_at=stop_at)
 
-  def run(loc, scale_tril, state, fit_keys, stop_at):
-    surrogate = whitened(rung, config, space, loc, scale_tril)
-    return jax.vmap(lambda s, k: one(surrogate, s, k, stop_at))(state,
-                                                                 fit_keys)
-
-  return jit_once(run)
+def _step_keys(steps, fit_keys):
+  return jax.vmap(lambda k: jax.random.split(k, steps))(fit_keys)
 
 
-def _evaluate_program(target_log_prob_fn, space, rung, config):
-  log_p = batched_target(traced_once(target_log_prob_fn))
+def _unravel_program(layout):
+  """The jitted `theta [R, P] -> params [R]` of a flat layout."""
+  return host_jit(jax.vmap(_unraveler(layout)))
 
-  def run(loc, scale_tril, params, eval_key):
-    surrogate = whitened(rung, config, space, loc, scale_tril)
-    elbo, k_hat, mean, sd = jax.vmap(lambda p: evaluate_one(
-        log_p, space, surrogate, config.num_draws, p, eval_key))(params)
+
+def fit(density: CompiledDensity, rung, config, num_draws, loc, scale_tril,
+        params0, fit_keys, at: float) -> FitOutcome:
+  """Runs the stage's R fits from `params0` until they are done or the
+  deadline `at` (`vi_jax._src.time_budget`) has passed.
+
+  Args:
+    density: the target's `CompiledDensity`.
+    rung: the family (`stages.ladder`); its `fitter` is "dadvi" or "adam".
+    config: the stage `Config` (max_iterations, flow_steps, dtype).
+    num_draws: Python int, DADVI's fixed draws (unused by Adam).
+    loc, scale_tril: `[dim]`, `[dim, dim]`, the whitening Gaussian.
+    params0: the R fits' initial params, leading `[R]`.
+    fit_keys: `[R]` PRNG keys (DADVI's fixed draws, Adam's steps).
+    at: Python float deadline; `math.inf` runs each fit to its end.
+
+  Returns:
+    A `FitOutcome`; `out_of_time` True when the deadline stopped a fit that
+    was not done (DADVI's later restarts then stay at their start).
+
+  References:
+    Giordano, Ingram, Broderick (2024), DADVI; scipy's L-BFGS-B; optax's adam.
+  """
+  if rung.fitter == "adam":
+    return _fit_flow(density, rung, config, loc, scale_tril, params0,
+                     fit_keys, at)
+  return _fit_dadvi(density, rung, config, num_draws, loc, scale_tril, params0,
+                    fit_keys, at)
+
+
+def _judge_program(num_fits: int, num_draws: int, dim: int):
+  """The jitted `(log_w [R, S], x [R, S, dim]) -> (elbo [R], k_hat [R],
+  mean_gap, sd_gap)` (target-free: shared by every stage and target of this
+  shape)."""
+  del num_fits, num_draws, dim  # the cache key
+
+  def run(log_w, x):
+    log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
+
+    def one(lw, xi):
+      smoothed = diagnostics.psis(lw)
+      mean, var = diagnostics.weighted_moments(xi, smoothed.log_weights)
+      return jnp.mean(lw), smoothed.pareto_k, mean, jnp.sqrt(var)
+
+    elbo, k_hat, mean, sd = jax.vmap(one)(log_w, x)
     return (elbo, k_hat) + verdict.agreement(mean, sd)
 
   return jit_once(run)
 
 
+def judge_draws(density: CompiledDensity, x, log_q) -> tuple:
+  """`(elbo [R], k_hat [R], mean_gap, sd_gap)` of R fits' draws `x [R, S,
+  dim]` (flat unconstrained) with their `log_q [R, S]`: the target evaluated
+  by `density`, PSIS k-hat, ELBO and the PSIS-corrected moments' agreement
+  (`vi_jax.auto.verdict.agreement`)."""
+  x = np.asarray(x)
+  log_p, _ = density.value_and_grad(x.reshape(-1, x.shape[-1]))
+  log_w = log_p.reshape(x.shape[:2]) - np.asarray(log_q)
+  return compile_cache.program(_judge_program, *x.shape)(log_w, x)
+
+
+def _eval_draws_program(rung, config, dim, num_fits, n):
+  inner = _inner(rung, config, dim)
+  ident = lambda p: p
+  return jit_once(lambda loc, st, params, key: jax.vmap(
+      lambda p: _draws(inner, ident, n, loc, st, p, key))(params))
+
+
+def evaluate(density: CompiledDensity, rung, config, loc, scale_tril, params,
+             eval_key) -> tuple:
+  """`(elbo [R], k_hat [R], mean_gap, sd_gap)` of the R fits (params with a
+  leading `[R]`), from `config.num_draws` draws each with the same
+  `eval_key` (common random numbers: differences between fits are not Monte
+  Carlo noise of these draws); the moments are of the flat unconstrained
+  coordinates (Yao et al. 2018 for k-hat as a VI diagnostic)."""
+  num_fits = len(jax.tree_util.tree_leaves(params)[0])
+  draws = compile_cache.program(_eval_draws_program, rung, config,
+                                density.dim, num_fits, config.num_draws)
+  x, log_q = draws(loc, scale_tril, params, eval_key)
+  return judge_draws(density, x, log_q)
+
+
+def fit_draws(rung, config, loc, scale_tril):
+  """`(params, key, n) -> (x [n, dim], log_q [n])`: n draws of one fit of the
+  whitened family, in the flat unconstrained coordinates (numpy), by the
+  program `evaluate` uses (compiled once per family, dim and n, not per
+  fit)."""
+  dim = int(np.shape(loc)[0])
+
+  def draws(params, key, n):
+    program = compile_cache.program(_eval_draws_program, rung, config, dim, 1,
+                                    n)
+    one = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], params)
+    x, log_q = program(loc, scale_tril, one, key)
+    return np.asarray(x)[0], np.asarray(log_q)[0]
+
+  return draws
+
+
 def _init_program(space, rung, config):
   """The jitted `(loc, scale_tril, fit_keys [R]) -> params [R]`: the
-  whitened family's initial params, one per restart (one small program in
-  place of the many small ones its ops would compile one by one). It does
-  not call the target, so targets share it."""
+  whitened family's initial params, one per restart. It does not call the
+  target, so targets share it."""
 
   def run(loc, scale_tril, fit_keys):
     surrogate = whitened(rung, config, space, loc, scale_tril)
@@ -196,84 +373,3 @@ def init_params(space, rung, config, loc, scale_tril, fit_keys) -> Params:
   """The R fits' initial params (`[R]` leading axis)."""
   return compile_cache.program(_init_program, space, rung, config)(
       loc, scale_tril, fit_keys)
-
-
-class FitOutcome(NamedTuple):
-  """The R fits of one stage as the host loop left them."""
-  params: Params  # [R]
-  num_grad_evals: int  # target-gradient evaluations, all fits
-  iterations: int  # iterations (L-BFGS) or steps (Adam) of the longest fit
-  max_iterations: int  # the most a fit would take
-  out_of_time: bool  # stopped at the deadline before every fit was done
-
-
-def _next_stop(done_at: int, per_iteration: float, left: float,
-               limit: int) -> int:
-  """The iteration count the next chunk stops at: all that is left without a
-  deadline; else, after a first short chunk, as many as half the time left
-  allows at the last chunk's seconds per iteration."""
-  if math.isinf(left):
-    return limit
-  if done_at == 0 or per_iteration <= 0.:
-    return min(limit, done_at + _FIRST_CHUNK)
-  return min(limit, done_at + max(1, int(0.5 * left / per_iteration)))
-
-
-def fit(target_log_prob_fn, space, rung, config, num_draws, loc, scale_tril,
-        params0, fit_keys, at: float) -> FitOutcome:
-  """Runs the stage's R fits from `params0`, chunk by chunk, until they are
-  done or the deadline `at` (`vi_jax._src.time_budget`) has passed.
-
-  Args:
-    target_log_prob_fn: the target of one draw (TFP's calling convention).
-    space: the `LatentSpace` of the latents.
-    rung: the family (`stages.ladder`); its `fitter` is "dadvi" or "adam".
-    config: the stage `Config` (max_iterations, flow_steps, dtype).
-    num_draws: Python int, DADVI's fixed draws (unused by Adam).
-    loc, scale_tril: `[dim]`, `[dim, dim]`, the whitening Gaussian.
-    params0: the R fits' initial params, leading `[R]`.
-    fit_keys: `[R]` PRNG keys (DADVI's fixed draws, Adam's steps).
-    at: Python float deadline; `math.inf` runs each fit to its end in one
-      call.
-
-  Returns:
-    A `FitOutcome`; `out_of_time` True when the deadline stopped a fit that
-    was not done.
-
-  References:
-    Giordano, Ingram, Broderick (2024), DADVI; optax's adam.
-  """
-  args = (target_log_prob_fn, space, rung, config, num_draws)
-  state = compile_cache.program(_start_program, *args)(loc, scale_tril,
-                                                       params0, fit_keys)
-  advance = compile_cache.program(_advance_program, *args)
-  limit = config.flow_steps if rung.fitter == "adam" else config.max_iterations
-  done_at, per_iteration = 0, 0.
-  while True:
-    left = time_budget.seconds_left(at)
-    if np.all(np.asarray(state.done)) or left <= 0 or done_at >= limit:
-      break
-    stop = _next_stop(done_at, per_iteration, left, limit)
-    t0 = time.perf_counter()
-    state = jax.block_until_ready(advance(loc, scale_tril, state, fit_keys,
-                                          np.int32(stop)))
-    per_iteration = (time.perf_counter() - t0) / max(1, stop - done_at)
-    done_at = stop
-  iteration = np.asarray(state.iteration)
-  if rung.fitter == "adam":
-    evals, params = int(iteration.sum()) * FLOW_SAMPLE_SIZE, state.params
-  else:
-    evals = int(np.asarray(state.num_evals).sum()) * num_draws
-    params = state.x
-  return FitOutcome(params, evals, int(iteration.max()), limit,
-                    out_of_time=not np.all(np.asarray(state.done)))
-
-
-def evaluate(target_log_prob_fn, space, rung, config, loc, scale_tril, params,
-             eval_key) -> tuple:
-  """`(elbo [R], k_hat [R], mean_gap, sd_gap)` of the R fits (params with a
-  leading `[R]`), from `config.num_draws` draws each with the same
-  `eval_key`; the gaps as `vi_jax.auto.verdict.agreement` (Yao et al. 2018
-  for k-hat as a VI diagnostic)."""
-  return compile_cache.program(_evaluate_program, target_log_prob_fn, space,
-                               rung, config)(loc, scale_tril, params, eval_key)

@@ -18,21 +18,19 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
 
 from vi_jax.criticism import diagnostics
 from vi_jax.auto import verdict
 from vi_jax._src import compile_cache
 from vi_jax._src.types import Array, Params
-from vi_jax.model.target import batched_target
 from vi_jax.surrogates import Surrogate
 from vi_jax.surrogates import flows
 from vi_jax.surrogates import full_rank
 from vi_jax.surrogates import low_rank
 from vi_jax.surrogates import mean_field
-from vi_jax.model.target import traced_once
 from vi_jax.auto.verdict import StageRecord
 from vi_jax._src import time_budget
-from vi_jax._src.compile_cache import jit_once
 from vi_jax.auto import stage_programs
 from vi_jax.auto.stage_programs import FLOW_SAMPLE_SIZE  # noqa: F401  (re-export)
 from vi_jax.solvers import deterministic_advi
@@ -82,6 +80,15 @@ def ladder(families: Sequence[str], dim: int) -> list[_Rung]:
   return [rungs[f] for f in families]
 
 
+class Fit(NamedTuple):
+  """A stage's result: its record and its best fit (None for the Pathfinder
+  start and for stages not run)."""
+  record: StageRecord
+  surrogate: Optional[Surrogate] = None
+  params: Optional[Params] = None
+  draws: Optional[Callable] = None  # stage_programs.fit_draws of the fit
+
+
 class _StageOut(NamedTuple):
   """A stage program's output; leading [num_restarts] where marked [R]."""
   params: Params  # [R]
@@ -110,31 +117,58 @@ def _take(tree, i: int):
                                 tree)
 
 
-def _laplace_program(target_log_prob_fn, space, config: Config):
-  """The jitted `(starts [R, dim], eval_key) -> (_StageOut, converged [R])`:
-  R Laplace approximations (MAP by L-BFGS from each start, Hessian there)
-  and their evaluation, vmapped in one program (the target traced once)."""
-  target_log_prob_fn = traced_once(target_log_prob_fn)
-  log_p = batched_target(target_log_prob_fn)
-  surrogate = full_rank.full_rank_normal(space, dtype=config.dtype)
+def _laplace_at(density, x0) -> tuple[np.ndarray, np.ndarray, bool, int]:
+  """One Laplace approximation from the start `x0 [dim]`: `(loc, scale_tril,
+  converged, evaluations)`.
 
-  def run(starts, eval_key):
-    def one(x0):
-      loc, scale_tril, converged, evals = laplace_approximation.map_and_hessian(
-          target_log_prob_fn, space, LAPLACE_MAX_ITERATIONS, x0)
-      params = full_rank.full_rank_params(loc, scale_tril)
-      elbo, k_hat, mean, sd = stage_programs.evaluate_one(
-          log_p, space, surrogate, config.num_draws, params, eval_key)
-      return params, elbo, k_hat, evals, mean, sd, converged
+  The MAP by scipy's L-BFGS-B over the compiled target (stopping when the
+  objective no longer changes: a relative decrease of 10 eps), the Hessian
+  there, one Newton step from it, judged by the Newton decrement at the
+  returned loc (`vi.laplace`'s rule, NumPyro's AutoLaplaceApproximation).
+  """
+  evals = [0]
 
-    params, elbo, k_hat, evals, mean, sd, converged = jax.vmap(one)(starts)
-    return _StageOut(params, elbo, k_hat, evals,
-                     *verdict.agreement(mean, sd)), converged
+  def neg(x):
+    evals[0] += 1
+    value, grad = density.value_and_grad_one(x)
+    if not (math.isfinite(value) and np.all(np.isfinite(grad))):
+      return math.inf, np.zeros_like(x)
+    return -value, -np.asarray(grad, np.float64)
 
-  return jit_once(run)
+  eps = float(np.finfo(density.dtype).eps)
+  result = scipy.optimize.minimize(
+      neg, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B",
+      options=dict(maxiter=LAPLACE_MAX_ITERATIONS, ftol=10. * eps, gtol=0.))
+  mode = result.x.astype(density.dtype)
+  precision = -density.hessian(mode)
+  loc, scale_tril, regular = compile_cache.jitted(_newton_step)(
+      precision, mode, result.jac.astype(density.dtype))
+  loc, scale_tril = np.asarray(loc), np.asarray(scale_tril)
+  value, grad = density.value_and_grad_one(loc)
+  decrement = float(np.sqrt(np.abs(np.sum((scale_tril.T @ grad) ** 2))))
+  finite = math.isfinite(value) and np.all(np.isfinite(grad)) and np.all(
+      np.isfinite(scale_tril)) and math.isfinite(result.fun)
+  converged = bool(finite and regular and decrement <
+                   laplace_approximation.MAX_NEWTON_DECREMENT)
+  return loc, scale_tril, converged, evals[0] + density.dim + 1
 
 
-def laplace_stage(target_log_prob_fn, space, config, key, num_restarts):
+def _newton_step(precision, mode, neg_grad):
+  """`(loc, scale_tril, regular)`: the covariance factor of the (symmetrized)
+  precision and one Newton step from the mode (target-free)."""
+  precision = 0.5 * (precision + precision.T)
+  scale_tril, regular = laplace_approximation.covariance_factor(precision)
+  loc = mode - scale_tril @ (scale_tril.T @ neg_grad)
+  loc = jnp.where(jnp.all(jnp.isfinite(loc)), loc, mode)
+  return loc, scale_tril, regular
+
+
+_laplace_params = jax.vmap(full_rank.full_rank_params)  # [R] locs, scale_trils
+_LAPLACE_RUNG = _Rung("laplace", "Laplace, L-BFGS + Hessian",
+                      full_rank.full_rank_normal, (), "laplace")
+
+
+def laplace_stage(density, space, config, key, num_restarts, at=math.inf):
   """Stage 0: Laplace approximations at the MAP from `num_restarts` starts.
 
   Cheap where the posterior is close to Gaussian (a MAP by L-BFGS and one
@@ -144,25 +178,35 @@ def laplace_stage(target_log_prob_fn, space, config, key, num_restarts):
   `full_rank_normal` over the latents.
   """
   t0 = time.perf_counter()
-  dtype = jnp.dtype(config.dtype) if config.dtype else jnp.zeros(()).dtype
   start_key, eval_key = jax.random.split(key)
   # The first start is the origin of the unconstrained space, the others
   # are jittered around it (Stan's and NumPyro's uniform(-2, 2) init).
-  starts = jax.random.uniform(start_key, (num_restarts, space.dim), dtype,
-                              -_INIT_RADIUS, _INIT_RADIUS).at[0].set(0.)
-  program = compile_cache.program(_laplace_program, target_log_prob_fn,
-                                  space, config)
-  out, converged = program(starts, eval_key)
+  starts = np.asarray(jax.random.uniform(
+      start_key, (num_restarts, space.dim), density.dtype, -_INIT_RADIUS,
+      _INIT_RADIUS)).copy()
+  starts[0] = 0.
+  fits = [_laplace_at(density, x0) for x0 in starts]
+  params = compile_cache.jitted(_laplace_params)(
+      np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits]))
+  dim = space.dim
+  elbo, k_hat, mean_gap, sd_gap = stage_programs.evaluate(
+      density, _LAPLACE_RUNG, config, jnp.zeros(dim, density.dtype),
+      jnp.eye(dim, dtype=density.dtype), params, eval_key)
+  evals = np.array([f[3] for f in fits])
+  out = _StageOut(params, elbo, k_hat, evals, mean_gap, sd_gap)
   threshold = _threshold(config)
   judged = _judge(out, threshold)
   note = judged.note
-  if not bool(converged[judged.best]):
+  if not fits[judged.best][2]:
     note += " [no regular mode: L-BFGS did not settle or the Hessian is " \
             "not negative definite]"
-  record = _record("laplace", "Laplace, L-BFGS + Hessian", judged, threshold,
+  record = _record("laplace", _LAPLACE_RUNG.method, judged, threshold,
                    judged.num_grad_evals, t0, note)
   surrogate = full_rank.full_rank_normal(space, dtype=config.dtype)
-  return record, surrogate, _take(out.params, judged.best)
+  return Fit(record, surrogate, _take(out.params, judged.best),
+             stage_programs.fit_draws(_LAPLACE_RUNG, config,
+                                      jnp.zeros(dim, density.dtype),
+                                      jnp.eye(dim, dtype=density.dtype)))
 
 
 class _Judged(NamedTuple):
@@ -237,7 +281,7 @@ def _fixed_draws(rung, config, surrogate, params0) -> int:
              min(DRAWS_FACTOR * (m_min - 1), config.max_dadvi_draws))
 
 
-def run_stage(target_log_prob_fn, space, rung, config, loc, scale_tril, key,
+def run_stage(density, space, rung, config, loc, scale_tril, key,
               num_restarts, at: float = math.inf):
   """Stage 2: R vmapped fits of one family: `(record, surrogate, params)`.
 
@@ -258,15 +302,14 @@ def run_stage(target_log_prob_fn, space, rung, config, loc, scale_tril, key,
                                       fit_keys)
   m, evals, grown = _fixed_draws(rung, config, surrogate, params), 0, False
   threshold = _threshold(config)
-  fit_until = at - _evaluation_reserve(target_log_prob_fn, space, rung, config,
-                                       loc, scale_tril, params, eval_key, at)
+  fit_until = at - _evaluation_reserve(density, rung, config, loc, scale_tril,
+                                       params, eval_key, at)
   while True:
-    fitted = stage_programs.fit(target_log_prob_fn, space, rung, config, m,
-                                loc, scale_tril, params, fit_keys, fit_until)
+    fitted = stage_programs.fit(density, rung, config, m, loc, scale_tril,
+                                params, fit_keys, fit_until)
     params, evals = fitted.params, evals + fitted.num_grad_evals
     elbo, k_hat, mean_gap, sd_gap = stage_programs.evaluate(
-        target_log_prob_fn, space, rung, config, loc, scale_tril, params,
-        eval_key)
+        density, rung, config, loc, scale_tril, params, eval_key)
     judged = _judge(_StageOut(params, elbo, k_hat, fitted.num_grad_evals,
                               mean_gap, sd_gap), threshold)
     # More fixed draws help only fits that pass k-hat but disagree.
@@ -281,11 +324,12 @@ def run_stage(target_log_prob_fn, space, rung, config, loc, scale_tril, key,
   record = _record(rung.family, rung.method, judged, threshold, evals, t0,
                    judged.note + _fit_note(rung, config, m, fitted))
   record = record._replace(out_of_time=fitted.out_of_time)
-  return record, surrogate, _take(params, judged.best)
+  return Fit(record, surrogate, _take(params, judged.best),
+             stage_programs.fit_draws(rung, config, loc, scale_tril))
 
 
-def _evaluation_reserve(target_log_prob_fn, space, rung, config, loc,
-                        scale_tril, params, eval_key, at) -> float:
+def _evaluation_reserve(density, rung, config, loc, scale_tril, params,
+                        eval_key, at) -> float:
   """Seconds to keep for the stage's evaluation under a deadline: what one
   evaluation (of the initial params) took, compilation included; 0 without a
   deadline (nothing is run)."""
@@ -293,8 +337,7 @@ def _evaluation_reserve(target_log_prob_fn, space, rung, config, loc,
     return 0.
   t0 = time.perf_counter()
   jax.block_until_ready(stage_programs.evaluate(
-      target_log_prob_fn, space, rung, config, loc, scale_tril, params,
-      eval_key))
+      density, rung, config, loc, scale_tril, params, eval_key))
   return time.perf_counter() - t0
 
 
@@ -312,16 +355,9 @@ def _fit_note(rung, config, m, fitted) -> str:
   return note
 
 
-def _k_hat(target_log_prob_fn, surrogate, num_draws, params, key):
-  log_p = batched_target(target_log_prob_fn)
-  return diagnostics.psis(
-      stage_programs.log_weights(log_p, surrogate, num_draws, params,
-                                 key)[1]).pareto_k
-
-
-def refine_k_hat(target_log_prob_fn, record: StageRecord, surrogate, params,
-                 config: Config, key) -> StageRecord:
-  """`record` with its k-hat re-estimated from more draws when it is near 0.7.
+def refine_k_hat(density, fit: Fit, config: Config, key) -> StageRecord:
+  """The fit's record with its k-hat re-estimated from more draws when it is
+  near 0.7.
 
   k-hat from S draws has a standard error of about (1 + k) / sqrt(3 sqrt(S))
   (0.08 at S = 16,000 and k = 0.6, 0.06 at 64,000). Within `REFINE_WINDOW`
@@ -334,9 +370,8 @@ def refine_k_hat(target_log_prob_fn, record: StageRecord, surrogate, params,
   the note keeps both. Passed records are returned as they are.
 
   Args:
-    target_log_prob_fn: the target of one draw.
-    record: the fit's `StageRecord`.
-    surrogate, params: the fit (one fit's params, no restart axis).
+    density: the target's `CompiledDensity`.
+    fit: the stage's `Fit` (one fit's params, no restart axis).
     config: the stage `Config` (its `num_draws`).
     key: a PRNG key for the new draws.
 
@@ -353,12 +388,13 @@ def refine_k_hat(target_log_prob_fn, record: StageRecord, surrogate, params,
     sampling, JMLR 25(72) (k-hat and its sample-size behaviour); Yao et al.
     (2018) for k-hat as a VI diagnostic.
   """
+  record = fit.record
   if record.passed or not abs(record.k_hat - PSIS_USABLE) < REFINE_WINDOW:
     return record
   t0 = time.perf_counter()
   n = REFINE_FACTOR * config.num_draws
-  k_hat = float(compile_cache.jitted(
-      _k_hat, target_log_prob_fn, surrogate, n)(params, key))
+  x, log_q = fit.draws(fit.params, key, n)
+  k_hat = float(stage_programs.judge_draws(density, x[None], log_q[None])[1][0])
   return record._replace(
       k_hat=k_hat, wall_time=record.wall_time + time.perf_counter() - t0,
       note=record.note + f" [k-hat {k_hat:.2f} from {n:,} draws, "

@@ -32,7 +32,7 @@ __all__ = ["LaplaceResult", "laplace"]
 _INIT_RADIUS = 2.
 # Newton decrement sqrt(g^T (-H)^-1 g) (the distance of the MAP estimate from
 # the mode, in posterior sds) below which the MAP counts as converged.
-_MAX_NEWTON_DECREMENT = 1e-2
+MAX_NEWTON_DECREMENT = 1e-2
 
 
 class LaplaceResult(NamedTuple):
@@ -86,7 +86,7 @@ def _map_step(neg, solver, max_iterations, st: _MapState) -> _MapState:
                    num_evals=st.num_evals + step.num_evals)
 
 
-def _covariance_factor(precision):
+def covariance_factor(precision):
   """`(L, regular)`: lower L with L L^T = precision^-1, and whether the
   precision is positive definite and numerically invertible.
 
@@ -136,7 +136,7 @@ def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
   precision = jax.hessian(neg)(state.x)
   precision = 0.5 * (precision + precision.T)
   dim = x0.shape[0]
-  scale_tril, regular = _covariance_factor(precision)
+  scale_tril, regular = covariance_factor(precision)
   loc = state.x - scale_tril @ (scale_tril.T @ state.grad)  # one Newton step
   loc = jnp.where(jnp.all(jnp.isfinite(loc)), loc, state.x)
   # Judged where it is returned: the Newton decrement at the refined loc.
@@ -144,7 +144,7 @@ def map_and_hessian(target_log_prob_fn, space, max_iterations, x0):
   decrement = jnp.sqrt(jnp.abs(jnp.sum((scale_tril.T @ grad) ** 2)))
   finite = jnp.isfinite(state.value) & jnp.all(jnp.isfinite(scale_tril)) & (
       jnp.all(jnp.isfinite(grad)))
-  converged = finite & regular & (decrement < _MAX_NEWTON_DECREMENT)
+  converged = finite & regular & (decrement < MAX_NEWTON_DECREMENT)
   return loc, scale_tril, converged, state.num_evals + dim + 1
 
 
