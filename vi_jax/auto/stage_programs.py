@@ -30,6 +30,7 @@ References:
 """
 
 import math
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -55,6 +56,7 @@ __all__ = ["FLOW_LEARNING_RATE", "FLOW_SAMPLE_SIZE", "FitOutcome", "evaluate",
 FLOW_LEARNING_RATE = 5e-3  # the flow's peak Adam step size (whitened space)
 FLOW_SAMPLE_SIZE = 8  # draws per Adam step of the flow
 DADVI_GTOL = 1e-6  # scipy L-BFGS-B's gtol of a DADVI solve (sup-norm)
+_FIRST_CHUNK = 10  # Adam steps of the flow's first call under a deadline
 
 
 def whitened(rung, config, space, loc, scale_tril):
@@ -199,54 +201,75 @@ def _adam(config) -> optax.GradientTransformation:
       FLOW_LEARNING_RATE / 100))
 
 
-def _flow_programs(rung, config, dim, layout):
-  """The jitted start and step of R vmapped Adam fits of the flow, over flat
-  params `theta [R, P]` (a program's dispatch cost grows with its number of
-  arrays: 0.5 ms a call for a RealNVP's 80 params and Adam moments):
-  start `(loc, st, theta, keys [R, steps]) -> (opt_state, x, log_q)`,
-  step `(loc, st, theta, opt_state, keys, i, g [R, n, dim]) -> (theta,
-  opt_state, x, log_q)` (step i's update and step i + 1's draws)."""
-  inner, optimizer = _inner(rung, config, dim), _adam(config)
+def _flow_programs(density, rung, config, layout):
+  """The jitted start and advance of R vmapped Adam fits of the flow, over
+  flat params `theta [R, P]`: start `(loc, st, theta) -> opt_state`, advance
+  `(loc, st, theta, opt_state, keys [R, steps], begin, end) -> (theta,
+  opt_state)`, Adam steps `begin` to `end` in one loop.
+
+  The one program of a stage that calls the target: a flow step costs about
+  0.5 ms of dispatch and host transfer when the host calls the kernel
+  between steps, 2,000 steps 1 to 2 s, against 0.1 to 0.3 s to compile the
+  target into this loop (small targets; benchmarks/RESULTS.md)."""
+  inner, optimizer = _inner(rung, config, density.dim), _adam(config)
   unravel, n = _unraveler(layout), FLOW_SAMPLE_SIZE
 
-  def draw(loc, st, theta, keys, i):
-    return jax.vmap(lambda t, k: _draws(inner, unravel, n, loc, st, t, k[i]))(
+  def step(loc, st, keys, i, carry):
+    theta, opt_state = carry
+    x, _ = jax.vmap(lambda t, k: _draws(inner, unravel, n, loc, st, t, k[i]))(
         theta, keys)
+    _, g = density.traceable(x.reshape(-1, x.shape[-1]))
+    g = g.reshape(x.shape)
 
-  def start(loc, st, theta, keys):
-    return (jax.vmap(optimizer.init)(theta),) + draw(loc, st, theta, keys, 0)
-
-  def step(loc, st, theta, opt_state, keys, i, g):
     def one(t, s, k, gi):
       grads = jax.grad(lambda q: _surrogate_loss(inner, unravel, n, loc, st, q,
                                                  k[i], gi))(t)
       updates, s = optimizer.update(grads, s, t)
       return optax.apply_updates(t, updates), s
-    theta, opt_state = jax.vmap(one)(theta, opt_state, keys, g)
-    nxt = jnp.minimum(i + 1, keys.shape[1] - 1)
-    return (theta, opt_state) + draw(loc, st, theta, keys, nxt)
 
-  return host_jit(start), host_jit(step)
+    return jax.vmap(one)(theta, opt_state, keys, g)
+
+  def advance(loc, st, theta, opt_state, keys, begin, end):
+    return jax.lax.fori_loop(
+        begin, end, lambda i, c: step(loc, st, keys, i, c), (theta, opt_state))
+
+  return host_jit(jax.vmap(optimizer.init)), host_jit(advance)
 
 
 def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
               at) -> FitOutcome:
   thetas, layout = zip(*[_ravel(jax.tree_util.tree_map(lambda x: x[r], params0))
                          for r in range(len(fit_keys))])
-  start, step = compile_cache.program(_flow_programs, rung, config,
-                                      density.dim, layout[0])
+  start, advance = compile_cache.program(_flow_programs, density, rung, config,
+                                         layout[0])
   keys = compile_cache.jitted(_step_keys, max(1, config.flow_steps))(fit_keys)
   theta = np.stack(thetas).astype(density.dtype)
-  opt_state, x, _ = start(loc, scale_tril, theta, keys)
-  shape, taken = np.shape(x), 0
-  while taken < config.flow_steps and time_budget.seconds_left(at) > 0:
-    _, g = density.value_and_grad(np.asarray(x).reshape(-1, shape[-1]))
-    theta, opt_state, x, _ = step(loc, scale_tril, theta, opt_state, keys,
-                                  np.int32(taken), g.reshape(shape))
-    taken += 1
+  opt_state, taken, per_step = start(theta), 0, 0.
+  while taken < config.flow_steps:
+    left = time_budget.seconds_left(at)
+    if left <= 0:
+      break
+    end = _next_stop(taken, per_step, left, config.flow_steps)
+    t0 = time.perf_counter()
+    theta, opt_state = jax.block_until_ready(advance(
+        loc, scale_tril, theta, opt_state, keys, np.int32(taken),
+        np.int32(end)))
+    per_step = (time.perf_counter() - t0) / (end - taken)
+    taken = end
   params = compile_cache.program(_unravel_program, layout[0])(theta)
   return FitOutcome(params, taken * FLOW_SAMPLE_SIZE * len(fit_keys), taken,
                     config.flow_steps, taken < config.flow_steps)
+
+
+def _next_stop(done_at: int, per_step: float, left: float, limit: int) -> int:
+  """The step the next chunk stops at: all that is left without a deadline;
+  else, after a first chunk of `_FIRST_CHUNK` steps (it compiles), as many as
+  half the time left allows at the last chunk's seconds per step."""
+  if math.isinf(left):
+    return limit
+  if done_at == 0 or per_step <= 0.:
+    return min(limit, done_at + _FIRST_CHUNK)
+  return min(limit, done_at + max(1, int(0.5 * left / per_step)))
 
 
 def _step_keys(steps, fit_keys):

@@ -49,12 +49,16 @@ class CompiledDensity:
       (an L-BFGS path; compiled on first call: a batched call costs BATCH
       times one point's work on a target with data).
     hessian_fn: the jitted `[dim] -> [dim, dim]` (compiled on first call).
+    traceable: the kernel's function before jit, `[n, dim] -> ([n], [n,
+      dim])` for any n, to trace into a program that runs many target
+      evaluations in one loop (the flow's Adam steps).
   """
   dim: int
   dtype: Any
   kernel: Callable
   kernel_one: Callable
   hessian_fn: Callable
+  traceable: Callable
 
   def value_and_grad(self, x) -> tuple[np.ndarray, np.ndarray]:
     """`(log_p [n], grad [n, dim])` at the rows of `x: [n, dim]` (numpy).
@@ -91,11 +95,11 @@ class CompiledDensity:
 def _build(target_log_prob_fn, space: LatentSpace, dtype) -> CompiledDensity:
   log_density = flat_log_density(traced_once(target_log_prob_fn), space)
   one = lambda x: log_density(x[None])[0]
-  kernel = jax.jit(jax.vmap(jax.value_and_grad(one)))
+  traceable = jax.vmap(jax.value_and_grad(one))
   kernel_one = jax.jit(jax.value_and_grad(one))
   hessian_fn = compile_cache.jit_once(jax.hessian(one))
-  return CompiledDensity(space.dim, np.dtype(dtype), kernel, kernel_one,
-                         hessian_fn)
+  return CompiledDensity(space.dim, np.dtype(dtype), jax.jit(traceable),
+                         kernel_one, hessian_fn, traceable)
 
 
 def compiled_density(target_log_prob_fn, space: LatentSpace,
