@@ -139,7 +139,7 @@ class AutoFitResult(NamedTuple):
       x, _ = self.draws(self.params, draw_key, n)
       return compile_cache.jitted(_to_latents, self.space)(x)
     x, log_q = self.draws(self.params, draw_key, 4 * n)
-    log_p, _ = self.density.value_and_grad(x)
+    log_p = self.density.value(x)
     return compile_cache.jitted(_resample, self.space, n)(
         x, log_p - log_q, pick_key)
 

@@ -336,7 +336,7 @@ def judge_draws(density: CompiledDensity, x, log_q) -> tuple:
   by `density`, PSIS k-hat, ELBO and the PSIS-corrected moments' agreement
   (`vi_jax.auto.verdict.agreement`)."""
   x = np.asarray(x)
-  log_p, _ = density.value_and_grad(x.reshape(-1, x.shape[-1]))
+  log_p = density.value(x.reshape(-1, x.shape[-1]))
   log_w = log_p.reshape(x.shape[:2]) - np.asarray(log_q)
   return compile_cache.program(_judge_program, *x.shape)(log_w, x)
 
