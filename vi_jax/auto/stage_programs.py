@@ -43,6 +43,7 @@ from vi_jax._src import compile_cache
 from vi_jax._src import time_budget
 from vi_jax._src.compile_cache import host_jit
 from vi_jax._src.compile_cache import jit_once
+from vi_jax._src.rng import unrolled_threefry_keys
 from vi_jax._src.types import Params
 from vi_jax.auto import verdict
 from vi_jax.criticism import diagnostics
@@ -273,7 +274,11 @@ def _next_stop(done_at: int, per_step: float, left: float, limit: int) -> int:
 
 
 def _step_keys(steps, fit_keys):
-  return jax.vmap(lambda k: jax.random.split(k, steps))(fit_keys)
+  """`[R, steps]` step keys, drawing by unrolled Threefry on CPU (the same
+  numbers: `vi_jax._src.rng`; a rolled hash loop per step costs as much as a
+  small target's gradient)."""
+  return unrolled_threefry_keys(
+      jax.vmap(lambda k: jax.random.split(k, steps))(fit_keys))
 
 
 def _unravel_program(layout):
