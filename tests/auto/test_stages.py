@@ -144,8 +144,7 @@ def test_laplace_stage_is_exact_on_a_gaussian_and_passes():
 
 
 def test_start_is_pathfinders_gaussian_near_the_posterior():
-  loc, scale_tril, record = stages.start(gaussian, SPACE, jax.random.key(0),
-                                         None)
+  loc, scale_tril, record = stages.start(DENSITY, jax.random.key(0))
   loc, tril = np.asarray(loc, np.float64), np.asarray(scale_tril, np.float64)
   _assert_posterior(loc, tril @ tril.T, 0.05, 0.1, 0.05)
   assert record.family == "pathfinder" and not record.passed

@@ -248,8 +248,8 @@ class _Ladder:
     return stage.record.passed
 
 
-def _run_ladder(target_log_prob_fn, density, space, families, config, key,
-                num_restarts, ladder: _Ladder) -> list:
+def _run_ladder(density, space, families, config, key, num_restarts,
+                ladder: _Ladder) -> list:
   """Every stage run, in order, as `auto_stages.Fit` (the Pathfinder start
   and stages the budget left out with only a record); stops at the first
   pass."""
@@ -266,8 +266,7 @@ def _run_ladder(target_log_prob_fn, density, space, families, config, key,
   if laplace is None or not (
       laplace.record.k_hat < auto_stages.WHITEN_BY_LAPLACE_K_HAT):
     ladder.report.start("pathfinder")
-    loc, scale_tril, start = auto_stages.start(
-        target_log_prob_fn, space, start_key, config.dtype)
+    loc, scale_tril, start = auto_stages.start(density, start_key, ladder.at)
     if laplace is not None and laplace.record.elbo > start.elbo:
       start = start._replace(note=start.note.replace(
           "whitens the ladder", "not used (Laplace's ELBO is higher)"))
@@ -391,8 +390,8 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
   report = stage_progress.StageProgress(verbose, progress_bar, max_time)
   try:
     density = compiled_density(target_log_prob_fn, space, config.dtype)
-    fits = _run_ladder(target_log_prob_fn, density, space, families, config,
-                       key, num_restarts, _Ladder(report, at, max_time))
+    fits = _run_ladder(density, space, families, config, key, num_restarts,
+                       _Ladder(report, at, max_time))
   finally:
     report.close()
   history = [f.record for f in fits]

@@ -17,7 +17,7 @@ rest is split into programs that never call the target:
 4. PSIS k-hat of the pooled importance ratios.
 
 The host evaluates log p at the draws of 2 (the ELBOs) and of 3 (the
-importance ratios) with the compiled density. So the target compiles once
+importance ratios) with the compiled density's value-only kernel. So the target compiles once
 (its kernels), and programs 1-4 compile in a fraction of a second, once per
 dimension, dtype and settings, shared by every target of that dimension.
 
@@ -210,7 +210,7 @@ def _gaussians(num_elbo_draws: int, history: _History, xs, grads, valid,
   return jax.lax.scan(body, history, (xs, grads, valid, iterations))
 
 
-def _start_gaussian(x0, history_size: int) -> _Gaussian:
+def _start_gaussian(history_size: int, x0) -> _Gaussian:
   """`_single_path`'s Gaussian before any iterate: `N(x0, I)` (a path with
   no finite ELBO keeps it)."""
   dim, dtype = x0.shape[0], x0.dtype
@@ -243,7 +243,7 @@ def _path_elbos(density: CompiledDensity, path: _Path, key, history_size,
     outs.append(jax.tree_util.tree_map(np.asarray, out))
   gaussians, draws, log_q = jax.tree_util.tree_map(
       lambda *leaves: np.concatenate(leaves)[:n], *outs)
-  log_p, _ = density.value_and_grad(draws.reshape(-1, density.dim))
+  log_p = density.value(draws.reshape(-1, density.dim))
   elbo = np.mean(log_p.reshape(log_q.shape) - log_q, axis=1)
   return gaussians, np.where(np.isnan(elbo), -np.inf, elbo)
 
@@ -297,7 +297,7 @@ def _pooled_k_hat(density, best, elbo, key_draws, num_draws):
   usable = np.repeat(np.isfinite(elbo), num_draws)
   log_p = np.full(usable.shape, -np.inf, density.dtype)
   if usable.any():
-    log_p[usable] = density.value_and_grad(np.asarray(x)[usable])[0]
+    log_p[usable] = density.value(np.asarray(x)[usable])
   k_hat = compile_cache.jitted(_k_hat)(log_p, log_mix, usable)
   return np.asarray(loc), np.asarray(scale_tril), float(k_hat), int(
       usable.sum())

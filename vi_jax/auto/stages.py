@@ -34,7 +34,7 @@ from vi_jax._src import time_budget
 from vi_jax.auto import stage_programs
 from vi_jax.auto.stage_programs import FLOW_SAMPLE_SIZE  # noqa: F401  (re-export)
 from vi_jax.solvers import deterministic_advi
-from vi_jax.solvers.multipath_pathfinder import pathfinder
+from vi_jax.auto import pathfinder_start
 from vi_jax.surrogates import laplace_approximation
 
 LOW_RANK_ABOVE = 200  # full_rank becomes low_rank_normal above this many dims
@@ -247,20 +247,24 @@ def _record(family, method, judged: _Judged, threshold, num_grad_evals, t0,
       wall_time=time.perf_counter() - t0, passed=judged.passed, note=note)
 
 
-def start(target_log_prob_fn, space, key, dtype):
-  """Stage 1: Pathfinder's best-ELBO Gaussian: `(loc, scale_tril, record)`."""
+def start(density, key, at: float = math.inf):
+  """Stage 1: Pathfinder's best-ELBO Gaussian: `(loc, scale_tril, record)`
+  (`vi_jax.auto.pathfinder_start`, run from the host over the compiled
+  target; its paths stop at the deadline `at`)."""
   t0 = time.perf_counter()
-  pf = pathfinder(target_log_prob_fn, space, key=key, dtype=dtype)
-  loc, scale_tril = jax.block_until_ready((pf.loc, pf.scale_tril))
+  pf = pathfinder_start.pathfinder_start(density, key, deadline=at)
+  note = (f"start: whitens the ladder (+{pf.num_density_evals:,} density "
+          "evals)")
+  if pf.out_of_time:
+    note += f" [stopped: {verdict.TIME_BUDGET_SPENT}]"
   record = StageRecord(
-      family="pathfinder", method="Pathfinder, L-BFGS", k_hat=float(pf.k_hat),
-      k_hat_threshold=math.nan,
-      elbo=float(jnp.max(pf.elbo)), mean_gap=math.nan, sd_gap=math.nan,
-      num_grad_evals=int(pf.num_grad_evals),
-      wall_time=time.perf_counter() - t0, passed=False,
-      note=f"start: whitens the ladder (+{int(pf.num_density_evals):,} "
-      "density evals)")
-  return loc, scale_tril, record
+      family="pathfinder", method="Pathfinder, L-BFGS", k_hat=pf.k_hat,
+      k_hat_threshold=math.nan, elbo=float(np.max(pf.elbo)),
+      mean_gap=math.nan, sd_gap=math.nan, num_grad_evals=pf.num_grad_evals,
+      wall_time=time.perf_counter() - t0, passed=False, note=note,
+      out_of_time=pf.out_of_time)
+  return (jnp.asarray(pf.loc, density.dtype),
+          jnp.asarray(pf.scale_tril, density.dtype), record)
 
 
 def _fixed_draws(rung, config, surrogate, params0) -> int:
