@@ -56,18 +56,6 @@ def _soft_clip(x):
   return _LOG_SCALE_BOUND * jnp.tanh(x / _LOG_SCALE_BOUND)
 
 
-def _init_mlp(key, sizes: Sequence[int], dtype):
-  """MLP params for layer widths `sizes`; the last layer is all zeros."""
-  keys = jax.random.split(key, len(sizes) - 1)
-  layers = []
-  for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-    last = i == len(sizes) - 2
-    w = (jnp.zeros((n_in, n_out), dtype) if last else
-         jax.random.normal(k, (n_in, n_out), dtype) / np.sqrt(n_in))
-    layers.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
-  return layers
-
-
 def _mlp(layers, x, masks=None):
   """`x: [..., in] -> [..., out]`, tanh hidden units; optional weight masks."""
   h = x
@@ -121,9 +109,29 @@ def _coupling_masks(dim: int, num_layers: int):
 
 
 def _init_layers_fn(sizes, num_layers, dtype):
-  """`key -> list of num_layers MLP params`: a flow's conditioner weights."""
-  return lambda key: [_init_mlp(k, sizes, dtype)
-                      for k in jax.random.split(key, num_layers)]
+  """`key -> list of num_layers MLP params`: a flow's conditioner weights
+  (hidden weights N(0, 1 / fan-in), biases 0, the last layer all zeros, so
+  that the flow starts as its base), the hidden weights of every layer from
+  ONE normal draw (one random-number kernel to compile, not one per weight matrix:
+  0.76 -> 0.1 s to compile a 4-layer RealNVP's init on CPU)."""
+  hidden = list(zip(sizes[:-2], sizes[1:-1]))
+  size = sum(n_in * n_out for n_in, n_out in hidden)
+
+  def init(key):
+    normal = jax.random.normal(key, (num_layers, size), dtype)
+    layers = []
+    for row in normal:
+      mlp, at = [], 0
+      for n_in, n_out in hidden:
+        w = row[at:at + n_in * n_out].reshape(n_in, n_out) / np.sqrt(n_in)
+        mlp.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
+        at += n_in * n_out
+      mlp.append({"w": jnp.zeros((sizes[-2], sizes[-1]), dtype),
+                  "b": jnp.zeros((sizes[-1],), dtype)})
+      layers.append(mlp)
+    return layers
+
+  return init
 
 
 def _coupling_flow(event_shape, bijector, num_layers, hidden_sizes,
