@@ -26,10 +26,15 @@ Stages:
    are fitted by DADVI (fixed draws, L-BFGS: no learning rate); the flow by
    Adam at a fixed budget (warmup-cosine schedule; whitening makes one
    schedule serve every target). A stage's `num_restarts` independent fits
-   (vmapped over keys) and their PSIS k-hats, ELBOs and moments are three
-   compiled programs (start, advance, evaluate: `vi_jax.auto.stage_programs`),
-   compiled once per target, family and settings and reused on later calls;
-   the host runs the fits in chunks, so that `max_time` can end them.
+   and their PSIS k-hats, ELBOs and moments are run from the host
+   (`vi_jax.auto.stage_programs`): the target is compiled once per call's
+   target, space and dtype (`vi_jax.model.compiled_density`: one batched
+   value-and-gradient kernel), scipy's L-BFGS-B drives the Laplace MAP, the
+   Pathfinder paths (`vi_jax.auto.pathfinder_start`) and the DADVI solves
+   over it, and the stages' own programs (draws, chain rule, PSIS) never
+   call the target, so they compile in a fraction of a second, once per
+   family and dim. The flow's Adam steps are one loop program with the
+   target traced in. The host checks `max_time` between iterations.
 3. **Verdict** (`vi_jax.auto.verdict`): a stage passes when its best fit's PSIS
    k-hat is below `min(max_k_hat, 0.7, 1 - 1/log10(S))` (max_k_hat 0.5 by
    default) and the independent fits agree
@@ -343,9 +348,10 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       stage's evaluation needs (measured on its initial params), then are
       judged as they are, the note saying so; stages not yet started when
       the time is spent are not run (`history` records them as "not run")
-      and the best fit so far comes back. The Laplace and Pathfinder stages
-      are not interrupted, and the first fitting stage always runs, so a
-      call can overrun a budget shorter than those. A result cut short by
+      and the best fit so far comes back. Pathfinder's paths stop at the
+      deadline too; the Laplace stage is not interrupted, and the first
+      fitting stage always runs, so a call can overrun a budget shorter than
+      those. A result cut short by
       the budget is reliable only if the fit it returns passed k-hat and
       agreement.
     verbose: print each stage as it starts and its record as it finishes.

@@ -3,12 +3,12 @@ one family's fits.
 
 A stage fits `num_restarts` independent copies of one whitened family
 (`vi.whitening.whiten` over Pathfinder's `loc`, `scale_tril`) and evaluates
-each (ELBO, PSIS k-hat, PSIS-corrected moments), vmapped over keys, in the
-compiled programs of `vi_jax.auto.stage_programs` (cached across calls with
-the same target and settings). Gaussian families are fitted by DADVI's solver
-(`vi_jax.solvers.sample_average`: fixed draws, L-BFGS); flows by Adam at a
-fixed budget (a warmup-cosine schedule). The Laplace stage is one compiled
-program of its own. `vi_jax.auto.verdict` turns the numbers into a verdict.
+each (ELBO, PSIS k-hat, PSIS-corrected moments) from the host over the
+target's `CompiledDensity` (compiled once per call), by the target-free
+programs of `vi_jax.auto.stage_programs`. Gaussian families are fitted by
+DADVI (fixed draws, scipy's L-BFGS-B); flows by Adam at a fixed budget (a
+warmup-cosine schedule). The Laplace stage runs L-BFGS-B to the MAP and one
+compiled Hessian. `vi_jax.auto.verdict` turns the numbers into a verdict.
 """
 
 import math
