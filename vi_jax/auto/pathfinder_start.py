@@ -51,9 +51,9 @@ from vi_jax._src import time_budget
 from vi_jax._src.types import Array
 from vi_jax.criticism import diagnostics
 from vi_jax.model.compiled_density import CompiledDensity
-from vi_jax.solvers.multipath_pathfinder import _diagonal_update
 from vi_jax.solvers.multipath_pathfinder import _Gaussian
 from vi_jax.solvers.multipath_pathfinder import _inverse_hessian_factors
+from vi_jax.solvers.multipath_pathfinder import history_update
 from vi_jax.solvers.multipath_pathfinder import _log_prob
 from vi_jax.solvers.multipath_pathfinder import _sample
 from vi_jax.solvers.multipath_pathfinder import _scale_tril
@@ -167,20 +167,11 @@ def _update(h: _History, x, grad, valid) -> tuple[_History, _Gaussian]:
   """`_step`'s history update and Gaussian at the next iterate `x [dim]`
   with gradient `grad [dim]` of -log p; `valid` False (padding) keeps the
   history as it is."""
-  ds, dz = x - h.x, grad - h.grad
-  eps = jnp.finfo(x.dtype).eps
-  accept = valid & (jnp.dot(ds, dz) > eps * jnp.dot(dz, dz))
-  push = lambda buf, row: jnp.where(
-      accept, jnp.roll(buf, -1, axis=0).at[-1].set(row), buf)
-  alpha = jnp.where(accept, _diagonal_update(h.alpha, ds, dz), h.alpha)
-  alpha = jnp.where(jnp.all(jnp.isfinite(alpha) & (alpha > 0)), alpha, h.alpha)
-  s, z, filled = push(h.s, ds), push(h.z, dz), push(h.filled, True)
-  beta, gamma = _inverse_hessian_factors(alpha, s, z, filled)
-  # grad is of -log p: the Newton-like mean x - H grad.
-  mu = x - alpha * grad - beta @ (gamma @ (beta.T @ grad))
+  alpha, s, z, filled, gaussian = history_update(
+      h.alpha, h.s, h.z, h.filled, h.x, h.grad, x, grad, valid)
   keep = lambda new, old: jnp.where(valid, new, old)
   return (_History(keep(x, h.x), keep(grad, h.grad), alpha, s, z, filled),
-          _Gaussian(mu, alpha, beta, gamma))
+          gaussian)
 
 
 def _gaussians(num_elbo_draws: int, history: _History, xs, grads, valid,

@@ -181,24 +181,38 @@ def _elbo(log_density, g: _Gaussian, key, num_elbo_draws):
   return jnp.where(jnp.isnan(elbo), -jnp.inf, elbo)
 
 
+def history_update(alpha, s, z, filled, x_old, grad_old, x, grad, ok):
+  """One iterate's L-BFGS history update and its Gaussian (Zhang et al. 2022,
+  Algs. 3-4): `(alpha, s, z, filled, _Gaussian)`.
+
+  The update `(x - x_old, grad - grad_old)` (grads of -log p, `[dim]`) is
+  pushed into the `[m, dim]` buffers when `ok` and its curvature is positive;
+  the diagonal `alpha [dim]` is updated (kept when not finite and positive);
+  the Gaussian is `N(x - H grad, H)`.
+  """
+  ds, dz = x - x_old, grad - grad_old
+  eps = jnp.finfo(x.dtype).eps
+  accept = ok & (jnp.dot(ds, dz) > eps * jnp.dot(dz, dz))
+  push = lambda buf, row: jnp.where(
+      accept, jnp.roll(buf, -1, axis=0).at[-1].set(row), buf)
+  new_alpha = jnp.where(accept, _diagonal_update(alpha, ds, dz), alpha)
+  alpha = jnp.where(jnp.all(jnp.isfinite(new_alpha) & (new_alpha > 0)),
+                    new_alpha, alpha)
+  s, z, filled = push(s, ds), push(z, dz), push(filled, True)
+  beta, gamma = _inverse_hessian_factors(alpha, s, z, filled)
+  # grad is of -log p: the Newton-like mean x - H grad.
+  mu = x - alpha * grad - beta @ (gamma @ (beta.T @ grad))
+  return alpha, s, z, filled, _Gaussian(mu, alpha, beta, gamma)
+
+
 def _step(log_density, solver, num_elbo_draws, ftol, gtol, max_iterations,
           key, st: _PathState) -> _PathState:
   """One L-BFGS iteration, its history update and its Gaussian's ELBO."""
   neg = lambda x: -log_density(x[None])[0]
   step = lbfgs_step(neg, solver, st.x, st.value, st.grad, st.opt_state)
   x, value, grad, finite = step.x, step.value, step.grad, step.finite
-  ds, dz = x - st.x, grad - st.grad
-  eps = jnp.finfo(x.dtype).eps
-  accept = finite & (jnp.dot(ds, dz) > eps * jnp.dot(dz, dz))
-  push = lambda buf, row: jnp.where(
-      accept, jnp.roll(buf, -1, axis=0).at[-1].set(row), buf)
-  alpha = jnp.where(accept, _diagonal_update(st.alpha, ds, dz), st.alpha)
-  alpha = jnp.where(jnp.all(jnp.isfinite(alpha) & (alpha > 0)), alpha, st.alpha)
-  s, z, filled = push(st.s, ds), push(st.z, dz), push(st.filled, True)
-  beta, gamma = _inverse_hessian_factors(alpha, s, z, filled)
-  # grad is of -log p: the Newton-like mean x - H grad.
-  mu = x - alpha * grad - beta @ (gamma @ (beta.T @ grad))
-  gaussian = _Gaussian(mu, alpha, beta, gamma)
+  alpha, s, z, filled, gaussian = history_update(
+      st.alpha, st.s, st.z, st.filled, st.x, st.grad, x, grad, finite)
   elbo = _elbo(log_density, gaussian, jax.random.fold_in(key, st.iteration),
                num_elbo_draws)
   elbo = jnp.where(finite, elbo, -jnp.inf)
