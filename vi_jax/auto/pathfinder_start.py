@@ -324,7 +324,17 @@ def pathfinder_start(density: CompiledDensity, key, *, num_paths: int = 4,
       are not run (the first path always takes an iteration).
 
   Returns:
-    A `PathfinderStart`.
+    A `PathfinderStart`: `loc [dim]`, `scale_tril [dim, dim]` (numpy, the
+    density's dtype), `elbo [num_paths]`, k-hat (Python float, inf when too
+    few draws are finite), evaluation counts, `out_of_time`.
+
+  Raises:
+    Nothing of its own (settings are checked by `vi.auto_fit`); a target
+    that is non-finite everywhere gives paths with ELBO -inf.
+
+  References:
+    Zhang, Carpenter, Gelman, Vehtari (2022), Pathfinder, JMLR 23(306);
+    pymc-extras' Pathfinder (scipy L-BFGS-B over compiled functions).
   """
   x0, path_keys, key_draws = compile_cache.jitted(
       _starts, num_paths, density.dim, density.dtype.name)(

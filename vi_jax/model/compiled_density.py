@@ -135,7 +135,17 @@ def compiled_density(target_log_prob_fn, space: LatentSpace,
       default float).
 
   Returns:
-    A `CompiledDensity`; its kernel compiles on the first call.
+    A `CompiledDensity` (inputs and outputs numpy arrays of `dtype`); its
+    kernels compile on their first call.
+
+  Raises:
+    Nothing when built; calls raise what the target raises when traced.
+    Non-finite values are returned, not raised.
+
+  References:
+    pymc-extras' Pathfinder (compiled logp and gradient functions driven by
+    scipy.optimize); DADVI's reference code (Giordano, Ingram, Broderick
+    2024), which does the same.
   """
   dtype = jnp.dtype(dtype if dtype is not None else jnp.zeros(()).dtype).name
   return compile_cache.program(_build, target_log_prob_fn, space, dtype)
