@@ -43,6 +43,7 @@ from vi_jax._src import compile_cache
 from vi_jax._src import time_budget
 from vi_jax._src.compile_cache import host_jit
 from vi_jax._src.compile_cache import jit_once
+from vi_jax._src import rng
 from vi_jax._src.rng import unrolled_threefry_keys
 from vi_jax._src.types import Params
 from vi_jax.auto import verdict
@@ -73,11 +74,22 @@ def _family_kwargs(rung, config) -> dict:
   return kwargs
 
 
+class _Family(NamedTuple):
+  """What a program of a rung depends on (hashable): the Laplace stage's
+  full-rank Gaussian and the full_rank rung share their programs."""
+  make: Any
+  kwargs: tuple
+
+
+def _family(rung) -> _Family:
+  return _Family(rung.make, rung.kwargs)
+
+
 def _inner(rung, config, dim):
   """The family over the whitened coordinates u (`[dim]`), as `whiten`
   builds it (an untrained Gaussian is exactly the whitening Gaussian)."""
-  return whitening.whiten(rung.make, (dim,), None, loc=jnp.zeros(dim),
-                          scale_tril=jnp.eye(dim),
+  return whitening.whiten(rung.make, (dim,), None, loc=np.zeros(dim),
+                          scale_tril=np.eye(dim),
                           **_family_kwargs(rung, config))
 
 
@@ -173,11 +185,11 @@ def _dadvi_solve(density, draws, grad, loc, scale_tril, theta0, key, config,
 
 def _fit_dadvi(density, rung, config, num_draws, loc, scale_tril, params0,
                fit_keys, at) -> FitOutcome:
-  num_restarts = len(fit_keys)
+  num_restarts, fit_keys = len(fit_keys), rng.unstack(fit_keys)
   thetas, evals, iterations, out_of_time = [], 0, 0, False
   for r in range(num_restarts):
-    theta0, layout = _ravel(jax.tree_util.tree_map(lambda x: x[r], params0))
-    draws, grad = compile_cache.program(_dadvi_programs, rung, config,
+    theta0, layout = _ravel(_row(params0, r))
+    draws, grad = compile_cache.program(_dadvi_programs, _family(rung), config,
                                         density.dim, layout, num_draws)
     if out_of_time:  # the budget is spent: the fit stays at its start
       thetas.append(theta0)
@@ -186,8 +198,7 @@ def _fit_dadvi(density, rung, config, num_draws, loc, scale_tril, params0,
         density, draws, grad, loc, scale_tril, theta0, fit_keys[r], config, at)
     thetas.append(theta)
     evals, iterations = evals + n * num_draws, max(iterations, nit)
-  params = compile_cache.program(_unravel_program, layout)(
-      np.stack(thetas).astype(density.dtype))
+  params = _unravel_rows(layout, np.stack(thetas).astype(density.dtype))
   return FitOutcome(params, evals, iterations, config.max_iterations,
                     out_of_time)
 
@@ -239,7 +250,7 @@ def _flow_programs(density, rung, config, layout):
 
 def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
               at) -> FitOutcome:
-  thetas, layout = zip(*[_ravel(jax.tree_util.tree_map(lambda x: x[r], params0))
+  thetas, layout = zip(*[_ravel(_row(params0, r))
                          for r in range(len(fit_keys))])
   start, advance = compile_cache.program(_flow_programs, density, rung, config,
                                          layout[0])
@@ -257,7 +268,7 @@ def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
         np.int32(end)))
     per_step = (time.perf_counter() - t0) / (end - taken)
     taken = end
-  params = compile_cache.program(_unravel_program, layout[0])(theta)
+  params = _unravel_rows(layout[0], np.asarray(theta))
   return FitOutcome(params, taken * FLOW_SAMPLE_SIZE * len(fit_keys), taken,
                     config.flow_steps, taken < config.flow_steps)
 
@@ -281,9 +292,17 @@ def _step_keys(steps, fit_keys):
       jax.vmap(lambda k: jax.random.split(k, steps))(fit_keys))
 
 
-def _unravel_program(layout):
-  """The jitted `theta [R, P] -> params [R]` of a flat layout."""
-  return host_jit(jax.vmap(_unraveler(layout)))
+def _row(params, r: int):
+  """Fit `r`'s params (leaves indexed on the host: no slice program)."""
+  return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[r], params)
+
+
+def _unravel_rows(layout, theta) -> Params:
+  """`theta [R, P]` (numpy) as params with a leading `[R]`, on the host."""
+  unravel = _unraveler(layout)
+  rows = [unravel(row) for row in theta]
+  return jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves)),
+                                *rows)
 
 
 def fit(density: CompiledDensity, rung, config, num_draws, loc, scale_tril,
@@ -346,11 +365,13 @@ def judge_draws(density: CompiledDensity, x, log_q) -> tuple:
   return compile_cache.program(_judge_program, *x.shape)(log_w, x)
 
 
-def _eval_draws_program(rung, config, dim, num_fits, n):
-  inner = _inner(rung, config, dim)
-  ident = lambda p: p
-  return jit_once(lambda loc, st, params, key: jax.vmap(
-      lambda p: _draws(inner, ident, n, loc, st, p, key))(params))
+def _eval_draws_program(rung, config, dim):
+  """The jitted `(loc, scale_tril, params, key) -> (x [S, dim], log_q [S])`
+  of one fit, S = `config.num_draws`: the one draw program of a family, dim
+  and settings, for the verdict's draws, `refine_k_hat`'s and `sample`'s."""
+  inner, ident = _inner(rung, config, dim), lambda p: p
+  return jit_once(lambda loc, st, params, key: _draws(
+      inner, ident, config.num_draws, loc, st, params, key))
 
 
 def evaluate(density: CompiledDensity, rung, config, loc, scale_tril, params,
@@ -360,26 +381,30 @@ def evaluate(density: CompiledDensity, rung, config, loc, scale_tril, params,
   `eval_key` (common random numbers: differences between fits are not Monte
   Carlo noise of these draws); the moments are of the flat unconstrained
   coordinates (Yao et al. 2018 for k-hat as a VI diagnostic)."""
+  draws = compile_cache.program(_eval_draws_program, _family(rung), config,
+                                density.dim)
   num_fits = len(jax.tree_util.tree_leaves(params)[0])
-  draws = compile_cache.program(_eval_draws_program, rung, config,
-                                density.dim, num_fits, config.num_draws)
-  x, log_q = draws(loc, scale_tril, params, eval_key)
-  return judge_draws(density, x, log_q)
+  host_params = jax.tree_util.tree_map(np.asarray, params)
+  x, log_q = zip(*[draws(loc, scale_tril, jax.tree_util.tree_map(
+      lambda leaf: leaf[r], host_params), eval_key) for r in range(num_fits)])
+  return judge_draws(density, np.stack(x), np.stack(log_q))
 
 
 def fit_draws(rung, config, loc, scale_tril):
   """`(params, key, n) -> (x [n, dim], log_q [n])`: n draws of one fit of the
-  whitened family, in the flat unconstrained coordinates (numpy), by the
-  program `evaluate` uses (compiled once per family, dim and n, not per
-  fit)."""
-  dim = int(np.shape(loc)[0])
+  whitened family, in the flat unconstrained coordinates (numpy), in chunks
+  of `config.num_draws` by the program `evaluate` uses (one compile per
+  family, dim and settings, whatever n; more than one chunk draws with the
+  keys of `jax.random.split(key, chunks)`)."""
+  dim, size = int(np.shape(loc)[0]), config.num_draws
 
   def draws(params, key, n):
-    program = compile_cache.program(_eval_draws_program, rung, config, dim, 1,
-                                    n)
-    one = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], params)
-    x, log_q = program(loc, scale_tril, one, key)
-    return np.asarray(x)[0], np.asarray(log_q)[0]
+    program = compile_cache.program(_eval_draws_program, _family(rung),
+                                    config, dim)
+    chunks = -(-n // size)
+    keys = rng.split(key, chunks) if chunks > 1 else (key,)
+    x, log_q = zip(*[program(loc, scale_tril, params, k) for k in keys])
+    return np.concatenate(x)[:n], np.concatenate(log_q)[:n]
 
   return draws
 
