@@ -13,6 +13,7 @@ import pytest
 
 import vi_jax as vi
 from vi_jax.auto import stages
+from vi_jax._src import time_budget
 from vi_jax.criticism import diagnostics
 from vi_jax.auto import stage_programs
 from vi_jax.model import bijectors as bij_lib
@@ -138,6 +139,20 @@ def test_laplace_stage_is_exact_on_a_gaussian_and_passes():
   assert record.note.startswith("pass") and "no regular mode" not in record.note
   z, _ = surrogate.sample_and_log_prob(params, jax.random.key(1), 4)
   assert z.shape == (4, 3)
+
+
+def test_laplace_stage_stopped_by_its_deadline_does_not_pass():
+  # The same Gaussian as above, which passes without a deadline; a deadline
+  # already past stops L-BFGS at its first iteration: the stage runs one of
+  # its two starts, says so, and cannot pass.
+  past = time_budget.deadline(1e-9)
+  record, _, params, _ = stages.laplace_stage(
+      DENSITY, SPACE, _config(), jax.random.key(0), 2, at=past)
+  assert record.out_of_time and not record.passed
+  assert "stopped: the time budget was spent" in record.note, record.note
+  assert "1 of 2 starts run" in record.note
+  assert record.num_grad_evals < 50  # one L-BFGS iteration and a Hessian
+  assert np.all(np.isfinite(np.asarray(params["loc"])))
 
 
 # start ----------------------------------------------------------------------

@@ -67,6 +67,7 @@ from vi_jax.model import bijectors as bij_lib
 from vi_jax.criticism import diagnostics
 from vi_jax.auto import verdict
 from vi_jax._src import compile_cache
+from vi_jax._src import rng
 from vi_jax._src import time_budget
 from vi_jax._src.types import Params, PRNGKey, PyTree
 from vi_jax._src import validation as vv
@@ -83,6 +84,11 @@ __all__ = ["AutoFitResult", "StageRecord", "auto_fit"]
 
 FAMILIES = ("laplace", "mean_field", "full_rank", "flow")
 _PSIS_OK = auto_stages.PSIS_USABLE  # k-hat below which `sample` resamples
+# The default wall-clock budget: a default call returns within about this
+# many seconds (never a hang), unreliable and saying so if the budget cut it
+# short. Measured (benchmarks/RESULTS.md): 3-75 s on the 29 benchmark
+# posteriors of 2 to 501 dims on a 2-core CPU.
+DEFAULT_MAX_TIME = 100.
 _REFINE_KEY = 4  # fold_in(key, this): the draws of `auto_stages.refine_k_hat`
 
 
@@ -139,7 +145,7 @@ class AutoFitResult(NamedTuple):
       A pytree like `event_shape` with leading `[n]`, in each latent's support.
     """
     n = check_sample_size(n)
-    draw_key, pick_key = jax.random.split(key)
+    draw_key, pick_key = rng.split(key)
     if not self.k_hat < _PSIS_OK:
       x, _ = self.draws(self.params, draw_key, n)
       return compile_cache.jitted(_to_latents, self.space)(x)
@@ -258,10 +264,10 @@ def _run_ladder(density, space, families, config, key, num_restarts,
   """Every stage run, in order, as `auto_stages.Fit` (the Pathfinder start
   and stages the budget left out with only a record); stops at the first
   pass."""
-  laplace_key, start_key, ladder_key = jax.random.split(key, 3)
+  laplace_key, start_key, ladder_key = rng.split(key, 3)
   if "laplace" in families and space.dim <= auto_stages.LAPLACE_MAX_DIM:
     if ladder.run("laplace", auto_stages.laplace_stage, density, space,
-                  config, laplace_key, num_restarts):
+                  config, laplace_key, num_restarts, ladder.at):
       return ladder.stages
   rungs = auto_stages.ladder([f for f in families if f != "laplace"],
                              space.dim)
@@ -282,7 +288,7 @@ def _run_ladder(density, space, families, config, key, num_restarts,
   if laplace is not None:  # the better Gaussian whitens the ladder
     loc = laplace.params["loc"]
     scale_tril = full_rank_scale_tril(laplace.params)
-  keys = jax.random.split(ladder_key, len(rungs))
+  keys = rng.split(ladder_key, len(rungs))
   for i, (rung, k) in enumerate(zip(rungs, keys)):
     if ladder.out_of_time([r.family for r in rungs[i:]]):
       break
@@ -297,7 +303,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
              num_draws: int = 16_000, dadvi_draws: int = 30,
              max_dadvi_draws: int = 480, max_iterations: int = 500,
              max_grad_evals: int = 16_000, max_k_hat: float = 0.5,
-             dtype=None, max_time: Optional[float] = None,
+             dtype=None, max_time: Optional[float] = DEFAULT_MAX_TIME,
              verbose: bool = False,
              progress_bar: Optional[bool] = None) -> AutoFitResult:
   """Fits a surrogate posterior with no choices to make, and says if it can be trusted.
@@ -342,16 +348,17 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
     max_grad_evals: one flow fit's budget of target-gradient evaluations
       (Adam steps x 8 draws per step; 16,000 is 2,000 steps).
     dtype: floating dtype of the fit (default: JAX's default float).
-    max_time: wall-clock budget in seconds, compilation included (None: no
-      limit). A family stage's fits (DADVI's L-BFGS iterations, the flow's
+    max_time: wall-clock budget in seconds, compilation included
+      (default `DEFAULT_MAX_TIME`, 100 s; None: no limit). A family stage's
+      fits (DADVI's L-BFGS iterations, the flow's
       Adam steps) run in chunks and stop when the time left is what the
       stage's evaluation needs (measured on its initial params), then are
       judged as they are, the note saying so; stages not yet started when
       the time is spent are not run (`history` records them as "not run")
       and the best fit so far comes back. Pathfinder's paths stop at the
-      deadline too; the Laplace stage is not interrupted, and the first
-      fitting stage always runs, so a call can overrun a budget shorter than
-      those. A result cut short by
+      deadline too, and so does the Laplace stage's L-BFGS (its Hessian
+      and evaluation still run); the first fitting stage always runs, so a
+      call can overrun a budget shorter than it. A result cut short by
       the budget is reliable only if the fit it returns passed k-hat and
       agreement.
     verbose: print each stage as it starts and its record as it finishes.

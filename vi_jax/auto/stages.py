@@ -30,6 +30,7 @@ from vi_jax.surrogates import full_rank
 from vi_jax.surrogates import low_rank
 from vi_jax.surrogates import mean_field
 from vi_jax.auto.verdict import StageRecord
+from vi_jax._src import rng
 from vi_jax._src import time_budget
 from vi_jax.auto import stage_programs
 from vi_jax.auto.stage_programs import FLOW_SAMPLE_SIZE  # noqa: F401  (re-export)
@@ -117,16 +118,25 @@ def _take(tree, i: int):
                                 tree)
 
 
-def _laplace_at(density, x0) -> tuple[np.ndarray, np.ndarray, bool, int]:
-  """One Laplace approximation from the start `x0 [dim]`: `(loc, scale_tril,
-  converged, evaluations)`.
+class _Mode(NamedTuple):
+  """One Laplace approximation (numpy) and how it was reached."""
+  loc: np.ndarray  # [dim]
+  scale_tril: np.ndarray  # [dim, dim]
+  converged: bool
+  num_grad_evals: int
+  out_of_time: bool  # the deadline stopped L-BFGS before it settled
+
+
+def _laplace_at(density, x0, at: float) -> _Mode:
+  """One Laplace approximation from the start `x0 [dim]`.
 
   The MAP by scipy's L-BFGS-B over the compiled target (stopping when the
-  objective no longer changes: a relative decrease of 10 eps), the Hessian
-  there, one Newton step from it, judged by the Newton decrement at the
-  returned loc (`vi.laplace`'s rule, NumPyro's AutoLaplaceApproximation).
+  objective no longer changes: a relative decrease of 10 eps, or at the
+  deadline `at`), the Hessian there, one Newton step from it, judged by the
+  Newton decrement at the returned loc (`vi.laplace`'s rule, NumPyro's
+  AutoLaplaceApproximation).
   """
-  evals = [0]
+  evals, stopped = [0], [False]
 
   def neg(x):
     evals[0] += 1
@@ -135,9 +145,16 @@ def _laplace_at(density, x0) -> tuple[np.ndarray, np.ndarray, bool, int]:
       return math.inf, np.zeros_like(x)
     return -value, -np.asarray(grad, np.float64)
 
+  def callback(intermediate_result):
+    del intermediate_result
+    if time_budget.seconds_left(at) <= 0:
+      stopped[0] = True
+      raise StopIteration
+
   eps = float(np.finfo(density.dtype).eps)
   result = scipy.optimize.minimize(
       neg, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B",
+      callback=callback,
       options=dict(maxiter=LAPLACE_MAX_ITERATIONS, ftol=10. * eps, gtol=0.))
   mode = result.x.astype(density.dtype)
   precision = -density.hessian(mode)
@@ -150,7 +167,8 @@ def _laplace_at(density, x0) -> tuple[np.ndarray, np.ndarray, bool, int]:
       np.isfinite(scale_tril)) and math.isfinite(result.fun)
   converged = bool(finite and regular and decrement <
                    laplace_approximation.MAX_NEWTON_DECREMENT)
-  return loc, scale_tril, converged, evals[0] + density.dim + 1
+  return _Mode(loc, scale_tril, converged and not stopped[0],
+               evals[0] + density.dim + 1, stopped[0])
 
 
 def _newton_step(precision, mode, neg_grad):
@@ -174,39 +192,47 @@ def laplace_stage(density, space, config, key, num_restarts, at=math.inf):
   Cheap where the posterior is close to Gaussian (a MAP by L-BFGS and one
   Hessian, `dim` gradient evaluations), and exact on a Gaussian target however
   badly scaled; judged like every family (PSIS k-hat, agreement of the fits:
-  different modes disagree). Returns `(record, surrogate, params)`: a
-  `full_rank_normal` over the latents.
+  different modes disagree). Returns a `Fit`: a `full_rank_normal` over the
+  latents. Each L-BFGS run stops at the deadline `at` (seconds on
+  `vi_jax._src.time_budget`'s clock); a stage so cut short does not pass, and
+  its note says so.
   """
   t0 = time.perf_counter()
-  start_key, eval_key = jax.random.split(key)
+  start_key, eval_key = rng.split(key)
   # The first start is the origin of the unconstrained space, the others
   # are jittered around it (Stan's and NumPyro's uniform(-2, 2) init).
-  starts = np.asarray(jax.random.uniform(
-      start_key, (num_restarts, space.dim), density.dtype, -_INIT_RADIUS,
-      _INIT_RADIUS)).copy()
+  starts = rng.host_generator(start_key).uniform(
+      -_INIT_RADIUS, _INIT_RADIUS, (num_restarts, space.dim))
   starts[0] = 0.
-  fits = [_laplace_at(density, x0) for x0 in starts]
+  fits = []
+  for x0 in starts:  # a restart the deadline left out is not run
+    if not (fits and fits[-1].out_of_time):
+      fits.append(_laplace_at(density, x0, at))
   params = compile_cache.jitted(_laplace_params)(
-      np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits]))
-  dim = space.dim
+      np.stack([f.loc for f in fits]), np.stack([f.scale_tril for f in fits]))
+  origin = np.zeros(space.dim, density.dtype)
+  identity = np.eye(space.dim, dtype=density.dtype)
   elbo, k_hat, mean_gap, sd_gap = stage_programs.evaluate(
-      density, _LAPLACE_RUNG, config, jnp.zeros(dim, density.dtype),
-      jnp.eye(dim, dtype=density.dtype), params, eval_key)
-  evals = np.array([f[3] for f in fits])
+      density, _LAPLACE_RUNG, config, origin, identity, params, eval_key)
+  evals = np.array([f.num_grad_evals for f in fits])
   out = _StageOut(params, elbo, k_hat, evals, mean_gap, sd_gap)
   threshold = _threshold(config)
   judged = _judge(out, threshold)
   note = judged.note
-  if not fits[judged.best][2]:
+  if not fits[judged.best].converged:
     note += " [no regular mode: L-BFGS did not settle or the Hessian is " \
             "not negative definite]"
+  out_of_time = fits[-1].out_of_time
+  if out_of_time:  # not settled, and fewer restarts than asked: no pass
+    judged = judged._replace(passed=False)
+    note += (f" [stopped: {verdict.TIME_BUDGET_SPENT} in L-BFGS to the MAP, "
+             f"{len(fits)} of {num_restarts} starts run]")
   record = _record("laplace", _LAPLACE_RUNG.method, judged, threshold,
                    judged.num_grad_evals, t0, note)
   surrogate = full_rank.full_rank_normal(space, dtype=config.dtype)
-  return Fit(record, surrogate, _take(out.params, judged.best),
-             stage_programs.fit_draws(_LAPLACE_RUNG, config,
-                                      jnp.zeros(dim, density.dtype),
-                                      jnp.eye(dim, dtype=density.dtype)))
+  return Fit(record._replace(out_of_time=out_of_time), surrogate,
+             _take(out.params, judged.best),
+             stage_programs.fit_draws(_LAPLACE_RUNG, config, origin, identity))
 
 
 class _Judged(NamedTuple):
@@ -300,7 +326,7 @@ def run_stage(density, space, rung, config, loc, scale_tril, key,
   """
   t0 = time.perf_counter()
   surrogate = stage_programs.whitened(rung, config, space, loc, scale_tril)
-  fit_key, eval_key = jax.random.split(key)
+  fit_key, eval_key = rng.split(key)
   fit_keys = jax.random.split(fit_key, num_restarts)
   params = stage_programs.init_params(space, rung, config, loc, scale_tril,
                                       fit_keys)
@@ -398,7 +424,8 @@ def refine_k_hat(density, fit: Fit, config: Config, key) -> StageRecord:
   t0 = time.perf_counter()
   n = REFINE_FACTOR * config.num_draws
   x, log_q = fit.draws(fit.params, key, n)
-  k_hat = float(stage_programs.judge_draws(density, x[None], log_q[None])[1][0])
+  k_hat = float(np.asarray(stage_programs.judge_draws(
+      density, x[None], log_q[None])[1])[0])
   return record._replace(
       k_hat=k_hat, wall_time=record.wall_time + time.perf_counter() - t0,
       note=record.note + f" [k-hat {k_hat:.2f} from {n:,} draws, "
