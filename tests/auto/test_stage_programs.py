@@ -121,3 +121,15 @@ def test_a_passed_deadline_stops_the_flow_before_its_steps():
   assert not whole.out_of_time
   assert whole.num_grad_evals == 2 * CONFIG.flow_steps * (
       stage_programs.FLOW_SAMPLE_SIZE)
+
+
+def test_flow_chunks_under_a_deadline_are_sized_to_at_most_two_seconds():
+  next_stop = stage_programs._next_stop  # pylint: disable=protected-access
+  assert next_stop(0, 0., math.inf, 2000) == 2000  # no deadline: one call
+  assert next_stop(0, 0., 50., 2000) == 10  # the first chunk compiles
+  # 10 ms a step, 100 s left: half of it would be 5,000 steps; a chunk is
+  # sized to 2 s (200 steps), so a machine that slows down mid-chunk overruns
+  # the deadline by seconds, not by half the budget.
+  assert next_stop(10, 0.01, 100., 2000) == 210
+  assert next_stop(10, 0.01, 1., 2000) == 60  # half the time left
+  assert next_stop(1990, 0.001, 100., 2000) == 2000  # never past the limit

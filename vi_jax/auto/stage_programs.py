@@ -59,6 +59,7 @@ FLOW_LEARNING_RATE = 5e-3  # the flow's peak Adam step size (whitened space)
 FLOW_SAMPLE_SIZE = 8  # draws per Adam step of the flow
 DADVI_GTOL = 1e-6  # scipy L-BFGS-B's gtol of a DADVI solve (sup-norm)
 _FIRST_CHUNK = 10  # Adam steps of the flow's first call under a deadline
+_MAX_CHUNK_SECONDS = 2.  # the longest a later call is sized to run
 
 
 def whitened(rung, config, space, loc, scale_tril):
@@ -276,12 +277,16 @@ def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
 def _next_stop(done_at: int, per_step: float, left: float, limit: int) -> int:
   """The step the next chunk stops at: all that is left without a deadline;
   else, after a first chunk of `_FIRST_CHUNK` steps (it compiles), as many as
-  half the time left allows at the last chunk's seconds per step."""
+  half the time left allows at the last chunk's seconds per step, and at most
+  `_MAX_CHUNK_SECONDS` of them (a chunk is not interrupted: if the machine
+  slows down mid-chunk, the deadline is overrun by at most a few chunks'
+  worth; one call more costs a dispatch)."""
   if math.isinf(left):
     return limit
   if done_at == 0 or per_step <= 0.:
     return min(limit, done_at + _FIRST_CHUNK)
-  return min(limit, done_at + max(1, int(0.5 * left / per_step)))
+  seconds = min(0.5 * left, _MAX_CHUNK_SECONDS)
+  return min(limit, done_at + max(1, int(seconds / per_step)))
 
 
 def _step_keys(steps, fit_keys):
