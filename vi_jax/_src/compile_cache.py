@@ -44,8 +44,9 @@ import jax.numpy as jnp
 
 from vi_jax._src.tracing import under_transformation
 
-__all__ = ["MAX_ENTRIES", "ONCE_OPTIONS", "cached", "clear", "host_jit",
-           "jit_once", "jitted", "program", "signature", "use_persistent_cache"]
+__all__ = ["MAX_ENTRIES", "ONCE_OPTIONS", "QUICK_OPTIONS", "cached", "clear",
+           "host_jit", "jit_once", "jitted", "program", "quick_jitted",
+           "signature", "use_persistent_cache"]
 
 MAX_ENTRIES = 64
 # XLA's backend (LLVM) optimization level 1 and XLA:CPU's older (non-MLIR)
@@ -53,6 +54,13 @@ MAX_ENTRIES = 64
 # (measured in benchmarks/RESULTS.md); `vi.fit`'s step loop keeps the defaults.
 ONCE_OPTIONS = {"xla_backend_optimization_level": 1,
                 "xla_cpu_use_fusion_emitters": False}
+# Level 0, for target-free programs without long loops that the host calls a
+# few times (`vi.auto_fit`'s verdict, draws, Newton step, Pathfinder's
+# Gaussians): their compile halves again (the verdict's PSIS program on 2 x
+# 16,000 draws: 0.25 -> 0.12 s) for a run some tens of ms slower
+# (benchmarks/RESULTS.md).
+QUICK_OPTIONS = {"xla_backend_optimization_level": 0,
+                 "xla_cpu_use_fusion_emitters": False}
 T = TypeVar("T")
 _entries: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
 
@@ -171,20 +179,32 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
   return call
 
 
-def host_jit(fn: Callable) -> Callable:
-  """`jax.jit(fn)` with `ONCE_OPTIONS`, for a program that only the host
-  calls (concrete arrays in, never under a transformation), and calls often:
-  an L-BFGS solve's or an Adam loop's step. No per-call check (`jit_once`
-  checks for a transformation on every call: tens of microseconds with many
-  arguments).
+def host_jit(fn: Callable, compiler_options=None) -> Callable:
+  """`jax.jit(fn)` with `ONCE_OPTIONS` (or `compiler_options`), for a
+  program that only the host calls (concrete arrays in, never under a
+  transformation), and calls often: an L-BFGS solve's or an Adam loop's
+  step. No per-call check (`jit_once` checks for a transformation on every
+  call: tens of microseconds with many arguments).
 
   Args:
     fn: the function to compile.
+    compiler_options: XLA options (default `ONCE_OPTIONS`; `QUICK_OPTIONS`
+      for a program called a few times).
 
   Returns:
     The jitted function.
   """
-  return jax.jit(fn, compiler_options=ONCE_OPTIONS)
+  return jax.jit(fn, compiler_options=compiler_options or ONCE_OPTIONS)
+
+
+def quick_jitted(fn: Callable, *static) -> Callable:
+  """`jitted` for a host-only program called a few times: `host_jit` with
+  `QUICK_OPTIONS` of `fn` with its first arguments `static`, cached."""
+  return program(_quick_partial, fn, *static)
+
+
+def _quick_partial(fn, *static):
+  return host_jit(functools.partial(fn, *static), QUICK_OPTIONS)
 
 
 def use_persistent_cache(directory: Optional[str] = None) -> str:

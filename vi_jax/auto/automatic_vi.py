@@ -148,10 +148,10 @@ class AutoFitResult(NamedTuple):
     draw_key, pick_key = rng.split(key)
     if not self.k_hat < _PSIS_OK:
       x, _ = self.draws(self.params, draw_key, n)
-      return compile_cache.jitted(_to_latents, self.space)(x)
+      return compile_cache.quick_jitted(_to_latents, self.space)(x)
     x, log_q = self.draws(self.params, draw_key, 4 * n)
     log_p = self.density.value(x)
-    return compile_cache.jitted(_resample, self.space, n)(
+    return compile_cache.quick_jitted(_resample, self.space, n)(
         x, log_p - log_q, pick_key)
 
   def summary(self) -> str:

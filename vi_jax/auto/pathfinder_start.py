@@ -224,7 +224,7 @@ def _path_elbos(density: CompiledDensity, path: _Path, key, history_size,
   leaves) and their ELBOs `[n]`: `mean(log p - log q)` over K draws, NaN
   as -inf (Zhang et al. 2022, Alg. 1)."""
   n = path.x.shape[0] - 1
-  run = compile_cache.jitted(_gaussians, num_elbo_draws)
+  run = compile_cache.quick_jitted(_gaussians, num_elbo_draws)
   history, outs = _empty_history(path, history_size), []
   for lo in range(1, n + 1, CHUNK):
     rows = np.arange(lo, lo + CHUNK)
@@ -250,7 +250,7 @@ def _best(density, path, key, history_size, num_elbo_draws):
     if np.isfinite(elbo[i]):
       return (jax.tree_util.tree_map(lambda leaf: leaf[i], gaussians),
               float(elbo[i]), n * num_elbo_draws)
-  start = compile_cache.jitted(_start_gaussian, history_size)(path.x[0])
+  start = compile_cache.quick_jitted(_start_gaussian, history_size)(path.x[0])
   return start, -math.inf, n * num_elbo_draws
 
 
@@ -283,13 +283,13 @@ def _k_hat(log_p, log_mix, usable):
 def _pooled_k_hat(density, best, elbo, key_draws, num_draws):
   """`(loc, scale_tril, k_hat, density evaluations)` from the paths' best
   Gaussians: log p at the usable paths' pool draws only."""
-  x, log_mix, loc, scale_tril = compile_cache.jitted(_pool, num_draws)(
+  x, log_mix, loc, scale_tril = compile_cache.quick_jitted(_pool, num_draws)(
       best, elbo, key_draws)
   usable = np.repeat(np.isfinite(elbo), num_draws)
   log_p = np.full(usable.shape, -np.inf, density.dtype)
   if usable.any():
     log_p[usable] = density.value(np.asarray(x)[usable])
-  k_hat = compile_cache.jitted(_k_hat)(log_p, log_mix, usable)
+  k_hat = compile_cache.quick_jitted(_k_hat)(log_p, log_mix, usable)
   return np.asarray(loc), np.asarray(scale_tril), float(k_hat), int(
       usable.sum())
 
@@ -336,7 +336,7 @@ def pathfinder_start(density: CompiledDensity, key, *, num_paths: int = 4,
     Zhang, Carpenter, Gelman, Vehtari (2022), Pathfinder, JMLR 23(306);
     pymc-extras' Pathfinder (scipy L-BFGS-B over compiled functions).
   """
-  x0, path_keys, key_draws = compile_cache.jitted(
+  x0, path_keys, key_draws = compile_cache.quick_jitted(
       _starts, num_paths, density.dim, density.dtype.name)(
           key, np.asarray(init_radius, density.dtype))
   x0 = np.asarray(x0)

@@ -42,7 +42,6 @@ import scipy.optimize
 from vi_jax._src import compile_cache
 from vi_jax._src import time_budget
 from vi_jax._src.compile_cache import host_jit
-from vi_jax._src.compile_cache import jit_once
 from vi_jax._src import rng
 from vi_jax._src.rng import unrolled_threefry_keys
 from vi_jax._src.types import Params
@@ -115,9 +114,9 @@ def _dadvi_programs(rung, config, dim, treedef_and_shapes, n):
   inner = _inner(rung, config, dim)
   unravel = _unraveler(treedef_and_shapes)
   draws = host_jit(lambda loc, st, theta, key: _draws(
-      inner, unravel, n, loc, st, theta, key))
+      inner, unravel, n, loc, st, theta, key), compile_cache.QUICK_OPTIONS)
   grad = host_jit(jax.grad(lambda theta, loc, st, key, g: _surrogate_loss(
-      inner, unravel, n, loc, st, theta, key, g)))
+      inner, unravel, n, loc, st, theta, key, g)), compile_cache.QUICK_OPTIONS)
   return draws, grad
 
 
@@ -246,7 +245,8 @@ def _flow_programs(density, rung, config, layout):
     return jax.lax.fori_loop(
         begin, end, lambda i, c: step(loc, st, keys, i, c), (theta, opt_state))
 
-  return host_jit(jax.vmap(optimizer.init)), host_jit(advance)
+  return (host_jit(jax.vmap(optimizer.init), compile_cache.QUICK_OPTIONS),
+          host_jit(advance))
 
 
 def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
@@ -255,7 +255,7 @@ def _fit_flow(density, rung, config, loc, scale_tril, params0, fit_keys,
                          for r in range(len(fit_keys))])
   start, advance = compile_cache.program(_flow_programs, density, rung, config,
                                          layout[0])
-  keys = compile_cache.jitted(_step_keys, max(1, config.flow_steps))(fit_keys)
+  keys = compile_cache.quick_jitted(_step_keys, max(1, config.flow_steps))(fit_keys)
   theta = np.stack(thetas).astype(density.dtype)
   opt_state, taken, per_step = start(theta), 0, 0.
   while taken < config.flow_steps:
@@ -356,7 +356,7 @@ def _judge_program(num_fits: int, num_draws: int, dim: int):
     elbo, k_hat, mean, sd = jax.vmap(one)(log_w, x)
     return (elbo, k_hat) + verdict.agreement(mean, sd)
 
-  return jit_once(run)
+  return host_jit(run, compile_cache.QUICK_OPTIONS)
 
 
 def judge_draws(density: CompiledDensity, x, log_q) -> tuple:
@@ -375,8 +375,9 @@ def _eval_draws_program(rung, config, dim):
   of one fit, S = `config.num_draws`: the one draw program of a family, dim
   and settings, for the verdict's draws, `refine_k_hat`'s and `sample`'s."""
   inner, ident = _inner(rung, config, dim), lambda p: p
-  return jit_once(lambda loc, st, params, key: _draws(
-      inner, ident, config.num_draws, loc, st, params, key))
+  return host_jit(lambda loc, st, params, key: _draws(
+      inner, ident, config.num_draws, loc, st, params, key),
+                  compile_cache.QUICK_OPTIONS)
 
 
 def evaluate(density: CompiledDensity, rung, config, loc, scale_tril, params,
@@ -424,7 +425,7 @@ def _init_program(space, rung, config):
     return jax.vmap(lambda k: surrogate.init(jax.random.fold_in(k, 1)))(
         fit_keys)
 
-  return jit_once(run)
+  return host_jit(run, compile_cache.QUICK_OPTIONS)
 
 
 def init_params(space, rung, config, loc, scale_tril, fit_keys) -> Params:

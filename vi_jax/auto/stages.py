@@ -158,7 +158,7 @@ def _laplace_at(density, x0, at: float) -> _Mode:
       options=dict(maxiter=LAPLACE_MAX_ITERATIONS, ftol=10. * eps, gtol=0.))
   mode = result.x.astype(density.dtype)
   precision = -density.hessian(mode)
-  loc, scale_tril, regular = compile_cache.jitted(_newton_step)(
+  loc, scale_tril, regular = compile_cache.quick_jitted(_newton_step)(
       precision, mode, result.jac.astype(density.dtype))
   loc, scale_tril = np.asarray(loc), np.asarray(scale_tril)
   value, grad = density.value_and_grad_one(loc)
@@ -208,7 +208,7 @@ def laplace_stage(density, space, config, key, num_restarts, at=math.inf):
   for x0 in starts:  # a restart the deadline left out is not run
     if not (fits and fits[-1].out_of_time):
       fits.append(_laplace_at(density, x0, at))
-  params = compile_cache.jitted(_laplace_params)(
+  params = compile_cache.quick_jitted(_laplace_params)(
       np.stack([f.loc for f in fits]), np.stack([f.scale_tril for f in fits]))
   origin = np.zeros(space.dim, density.dtype)
   identity = np.eye(space.dim, dtype=density.dtype)
