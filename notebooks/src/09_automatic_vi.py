@@ -205,10 +205,13 @@ for h in r_schools.history:
 # stage's fits run in chunks and stop when the time left is what the stage's
 # evaluation needs, and are judged as they are (the note says "stopped");
 # stages not started by then are recorded as "not run", and the best fit so
-# far comes back, `reliable` only if it passed. Laplace and Pathfinder are not
-# interrupted, and the first fitting stage always runs, so a budget shorter
-# than those is overrun, and a stage that starts just before the deadline can
-# run past it (its programs compile first). Here the same ladder with a budget
+# far comes back, `reliable` only if it passed. The L-BFGS runs of Laplace and
+# Pathfinder stop at the deadline too (a Laplace stage so cut short does not
+# pass), but the first fitting stage always ends with its Hessian and
+# evaluation, so a very short budget is overrun, and a stage that starts just
+# before the deadline can run past it (its programs compile first). Without
+# `max_time`, a call has a budget of 100 s (`max_time=None`: no limit), so a
+# default call never hangs. Here the same ladder with a budget
 # of a third of the first call's time, on a fresh adapter of eight schools: a
 # new target function, so nothing compiled for the first call is reused and
 # the call costs what a first call in a new process would. (The reduced mode

@@ -31,7 +31,9 @@ it).
 solves, Pathfinder, `vi.auto_fit`'s stages): there XLA's compile time, not
 the run, is most of the wait, so they compile with `ONCE_OPTIONS`
 (benchmarks/RESULTS.md, "Compile settings of the run-once programs", has the
-measurements behind them).
+measurements behind them). `quick_jitted` compiles at XLA's level 0
+(`QUICK_OPTIONS`) the small target-free programs that `vi.auto_fit`'s host
+calls a few times, where even level 1 compiles longer than they run.
 """
 
 import collections

@@ -342,7 +342,9 @@ def fit(density: CompiledDensity, rung, config, num_draws, loc, scale_tril,
 def _judge_program(num_fits: int, num_draws: int, dim: int):
   """The jitted `(log_w [R, S], x [R, S, dim]) -> (elbo [R], k_hat [R],
   mean_gap, sd_gap)` (target-free: shared by every stage and target of this
-  shape)."""
+  shape). Compiled at level 1 (`ONCE_OPTIONS`), not `QUICK_OPTIONS`: it runs
+  twice a stage under a deadline (the evaluation and its reserve), and level
+  0 sorts 16,000 log weights 4 to 6 times slower (benchmarks/RESULTS.md)."""
   del num_fits, num_draws, dim  # the cache key
 
   def run(log_w, x):
@@ -356,7 +358,7 @@ def _judge_program(num_fits: int, num_draws: int, dim: int):
     elbo, k_hat, mean, sd = jax.vmap(one)(log_w, x)
     return (elbo, k_hat) + verdict.agreement(mean, sd)
 
-  return host_jit(run, compile_cache.QUICK_OPTIONS)
+  return host_jit(run)
 
 
 def judge_draws(density: CompiledDensity, x, log_q) -> tuple:
