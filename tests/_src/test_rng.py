@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vi_jax._src import rng
 from vi_jax._src.rng import unrolled_threefry_keys
 
 
@@ -39,3 +40,22 @@ def test_other_implementations_unchanged():
   assert unrolled_threefry_keys(key) is key
   assert jnp.issubdtype(unrolled_threefry_keys(jax.random.key(0)).dtype,
                         jax.dtypes.prng_key)
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_split_on_the_host_gives_jax_random_splits_keys(make_key):
+  key = make_key(7)
+  ours, theirs = rng.split(key, 3), jax.random.split(key, 3)
+  assert len(ours) == 3
+  for a, b in zip(ours, theirs):
+    # Same bits, and the same draws from them.
+    np.testing.assert_array_equal(np.asarray(jax.random.normal(a, (4,))),
+                                  np.asarray(jax.random.normal(b, (4,))))
+
+
+def test_host_generator_is_seeded_by_the_key():
+  a = rng.host_generator(jax.random.key(1)).uniform(size=5)
+  b = rng.host_generator(jax.random.PRNGKey(1)).uniform(size=5)
+  c = rng.host_generator(jax.random.key(2)).uniform(size=5)
+  np.testing.assert_array_equal(a, b)  # typed and raw keys of one seed
+  assert not np.allclose(a, c)

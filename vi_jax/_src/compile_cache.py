@@ -201,7 +201,19 @@ def host_jit(fn: Callable, compiler_options=None) -> Callable:
 
 def quick_jitted(fn: Callable, *static) -> Callable:
   """`jitted` for a host-only program called a few times: `host_jit` with
-  `QUICK_OPTIONS` of `fn` with its first arguments `static`, cached."""
+  `QUICK_OPTIONS` of `fn` with its first arguments `static`, cached.
+
+  Args:
+    fn: the function; its first `len(static)` arguments are fixed.
+    *static: hashable Python values (part of the cache key).
+
+  Returns:
+    The jitted `functools.partial(fn, *static)` (arrays in and out as `fn`
+    defines them; concrete arrays only, never under a transformation).
+
+  Raises:
+    Whatever `fn` or `jax.jit` raise when it is called.
+  """
   return program(_quick_partial, fn, *static)
 
 

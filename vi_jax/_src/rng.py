@@ -24,7 +24,7 @@ import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["split", "unrolled_threefry_keys", "unstack"]
+__all__ = ["host_generator", "split", "unrolled_threefry_keys", "unstack"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _THREEFRY = jex_random.threefry_prng_impl
@@ -102,32 +102,69 @@ def unrolled_threefry_keys(keys):
   """
   if jax.default_backend() != "cpu" or not _is_threefry(keys):
     return keys
-  data = (jax.random.key_data(keys)
-          if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys)
-  return jax.random.wrap_key_data(data, impl=_UNROLLED)
+  return jax.random.wrap_key_data(_key_data(keys), impl=_UNROLLED)
+
+
+def _key_data(keys):
+  """The uint32 bits of typed or raw keys (`[..., 2]` for threefry)."""
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(keys)
+  return keys
 
 
 def unstack(keys) -> tuple:
-  """The keys of a `[num]` key array (typed or raw uint32) as a tuple, taken
-  apart on the host: the same keys as `tuple(keys)`, without the XLA slice
-  program that indexing a device array compiles for each new shape (0.03 s
-  each; `vi.auto_fit` splits keys of a dozen shapes)."""
+  """The keys of a key array, taken apart on the host.
+
+  The same keys as `tuple(keys)`, without the XLA slice program that
+  indexing a device array compiles for each new shape (0.03 s each;
+  `vi.auto_fit` splits keys of a dozen shapes).
+
+  Args:
+    keys: `[num]` typed keys (`jax.random.key`) or `[num, 2]` raw uint32
+      keys (`jax.random.PRNGKey`).
+
+  Returns:
+    A tuple of `num` keys of the same kind (typed: shape `()`; raw: `[2]`
+    uint32).
+
+  Raises:
+    Nothing of its own; JAX raises for an array that is not keys.
+  """
   if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     impl = jax.random.key_impl(keys)
     return tuple(jax.random.wrap_key_data(row, impl=impl)
-                 for row in np.asarray(jax.random.key_data(keys)))
+                 for row in np.asarray(_key_data(keys)))
   return tuple(jnp.asarray(row) for row in np.asarray(keys))
 
 
 def split(key, num: int = 2) -> tuple:
-  """`jax.random.split(key, num)` as a tuple of `num` keys (`unstack`)."""
+  """`jax.random.split(key, num)` as a tuple of `num` keys (`unstack`).
+
+  Args:
+    key: one typed or raw key.
+    num: Python int >= 1.
+
+  Returns:
+    A tuple of `num` keys, equal to `jax.random.split(key, num)`'s rows.
+
+  Raises:
+    What `jax.random.split` raises for a bad key or num.
+  """
   return unstack(jax.random.split(key, num))
 
 
 def host_generator(key) -> np.random.Generator:
-  """A numpy `Generator` seeded by the key's bits, for draws the host makes
-  once (a start point) where an XLA program per shape would cost more to
-  compile (0.25 s for one `jax.random.uniform`) than the draws."""
-  data = (jax.random.key_data(key)
-          if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
-  return np.random.default_rng(np.asarray(data, np.uint32).ravel())
+  """A numpy `Generator` seeded by the key's bits.
+
+  For draws the host makes once (a start point), where an XLA program per
+  shape would cost more to compile (0.25 s for one `jax.random.uniform`)
+  than the draws. The same key gives the same generator (numpy's PCG64
+  seeded by the key's uint32 words through `SeedSequence`).
+
+  Args:
+    key: one typed or raw key.
+
+  Returns:
+    A `numpy.random.Generator`.
+  """
+  return np.random.default_rng(np.asarray(_key_data(key), np.uint32).ravel())

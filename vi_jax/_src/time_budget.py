@@ -13,7 +13,7 @@ import math
 import time
 from typing import Optional
 
-__all__ = ["EPOCH", "deadline", "seconds_left"]
+__all__ = ["EPOCH", "ScipyDeadline", "deadline", "seconds_left"]
 
 EPOCH = time.monotonic()
 
@@ -42,3 +42,25 @@ def deadline(max_time: Optional[float]) -> float:
 def seconds_left(at: float) -> float:
   """Seconds until the deadline `at` (negative once it has passed)."""
   return at - (time.monotonic() - EPOCH)
+
+
+class ScipyDeadline:
+  """A `scipy.optimize.minimize` callback that ends the solve at the deadline.
+
+  Called after each iteration; once `seconds_left(at) <= 0` it sets
+  `stopped` and raises StopIteration, which scipy (>= 1.11) turns into a
+  normal return with the last iterate (`OptimizeResult.x`).
+
+  Attributes:
+    at: the deadline (Python float, seconds since `EPOCH`; inf for none).
+    stopped: Python bool, True once the deadline ended the solve.
+  """
+
+  def __init__(self, at: float):
+    self.at, self.stopped = at, False
+
+  def __call__(self, intermediate_result=None):
+    del intermediate_result
+    if seconds_left(self.at) <= 0:
+      self.stopped = True
+      raise StopIteration

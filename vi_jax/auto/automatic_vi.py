@@ -86,8 +86,8 @@ FAMILIES = ("laplace", "mean_field", "full_rank", "flow")
 _PSIS_OK = auto_stages.PSIS_USABLE  # k-hat below which `sample` resamples
 # The default wall-clock budget: a default call returns within about this
 # many seconds (never a hang), unreliable and saying so if the budget cut it
-# short. Measured (benchmarks/RESULTS.md): 3-75 s on the 29 benchmark
-# posteriors of 2 to 501 dims on a 2-core CPU.
+# short. Measured (benchmarks/RESULTS.md): 2-79 s on the 29 benchmark
+# posteriors of 2 to 501 dims, one CPU core each.
 DEFAULT_MAX_TIME = 100.
 _REFINE_KEY = 4  # fold_in(key, this): the draws of `auto_stages.refine_k_hat`
 

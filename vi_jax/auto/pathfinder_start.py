@@ -129,7 +129,8 @@ def _lbfgs_path(density: CompiledDensity, x0, options: dict,
   backs off). A start with a non-finite one is the whole path. Raises
   StopIteration in the callback at the deadline (`time_budget`'s clock).
   """
-  memo, evals, out_of_time = {}, [0], [False]
+  memo, evals = {}, [0]
+  stop = time_budget.ScipyDeadline(deadline)
 
   def neg_log_density(x):
     key = x.tobytes()
@@ -151,16 +152,14 @@ def _lbfgs_path(density: CompiledDensity, x0, options: dict,
     x = np.array(intermediate_result.x)  # scipy updates its x in place
     xs.append(x)
     grads.append(neg_log_density(x)[1])
-    if time_budget.seconds_left(deadline) <= 0:
-      out_of_time[0] = True
-      raise StopIteration
+    stop()
 
   if math.isfinite(neg_log_density(x0)[0]):
     scipy.optimize.minimize(neg_log_density, x0, jac=True, method="L-BFGS-B",
                             callback=callback, options=options)
   dtype = density.dtype
   return _Path(np.stack(xs).astype(dtype), np.stack(grads).astype(dtype),
-               evals[0], out_of_time[0])
+               evals[0], stop.stopped)
 
 
 def _update(h: _History, x, grad, valid) -> tuple[_History, _Gaussian]:

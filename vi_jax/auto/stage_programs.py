@@ -168,19 +168,12 @@ def _dadvi_solve(density, draws, grad, loc, scale_tril, theta0, key, config,
       return math.inf, np.zeros_like(theta)
     return value, np.asarray(grad(theta, loc, scale_tril, key, g), np.float64)
 
-  stopped = [False]
-
-  def callback(intermediate_result):
-    del intermediate_result
-    if time_budget.seconds_left(at) <= 0:
-      stopped[0] = True
-      raise StopIteration
-
+  stop = time_budget.ScipyDeadline(at)
   ftol = sample_average.default_ftol(jnp.zeros((), np.dtype(density.dtype)))
   result = scipy.optimize.minimize(
-      fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
+      fun, theta0, jac=True, method="L-BFGS-B", callback=stop,
       options=dict(maxiter=config.max_iterations, ftol=ftol, gtol=DADVI_GTOL))
-  return result.x, evals[0], int(result.nit), stopped[0]
+  return result.x, evals[0], int(result.nit), stop.stopped
 
 
 def _fit_dadvi(density, rung, config, num_draws, loc, scale_tril, params0,
@@ -392,9 +385,8 @@ def evaluate(density: CompiledDensity, rung, config, loc, scale_tril, params,
   draws = compile_cache.program(_eval_draws_program, _family(rung), config,
                                 density.dim)
   num_fits = len(jax.tree_util.tree_leaves(params)[0])
-  host_params = jax.tree_util.tree_map(np.asarray, params)
-  x, log_q = zip(*[draws(loc, scale_tril, jax.tree_util.tree_map(
-      lambda leaf: leaf[r], host_params), eval_key) for r in range(num_fits)])
+  x, log_q = zip(*[draws(loc, scale_tril, _row(params, r), eval_key)
+                   for r in range(num_fits)])
   return judge_draws(density, np.stack(x), np.stack(log_q))
 
 

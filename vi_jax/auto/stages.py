@@ -136,7 +136,7 @@ def _laplace_at(density, x0, at: float) -> _Mode:
   Newton decrement at the returned loc (`vi.laplace`'s rule, NumPyro's
   AutoLaplaceApproximation).
   """
-  evals, stopped = [0], [False]
+  evals, stop = [0], time_budget.ScipyDeadline(at)
 
   def neg(x):
     evals[0] += 1
@@ -145,16 +145,10 @@ def _laplace_at(density, x0, at: float) -> _Mode:
       return math.inf, np.zeros_like(x)
     return -value, -np.asarray(grad, np.float64)
 
-  def callback(intermediate_result):
-    del intermediate_result
-    if time_budget.seconds_left(at) <= 0:
-      stopped[0] = True
-      raise StopIteration
-
   eps = float(np.finfo(density.dtype).eps)
   result = scipy.optimize.minimize(
       neg, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B",
-      callback=callback,
+      callback=stop,
       options=dict(maxiter=LAPLACE_MAX_ITERATIONS, ftol=10. * eps, gtol=0.))
   mode = result.x.astype(density.dtype)
   precision = -density.hessian(mode)
@@ -167,8 +161,8 @@ def _laplace_at(density, x0, at: float) -> _Mode:
       np.isfinite(scale_tril)) and math.isfinite(result.fun)
   converged = bool(finite and regular and decrement <
                    laplace_approximation.MAX_NEWTON_DECREMENT)
-  return _Mode(loc, scale_tril, converged and not stopped[0],
-               evals[0] + density.dim + 1, stopped[0])
+  return _Mode(loc, scale_tril, converged and not stop.stopped,
+               evals[0] + density.dim + 1, stop.stopped)
 
 
 def _newton_step(precision, mode, neg_grad):
