@@ -221,18 +221,16 @@ def _flow_programs(density, rung, config, layout):
 
   def step(loc, st, keys, i, carry):
     theta, opt_state = carry
-    x, _ = jax.vmap(lambda t, k: _draws(inner, unravel, n, loc, st, t, k[i]))(
-        theta, keys)
+    # One pass through the flow: the draws' pullback takes the -ELBO's
+    # cotangents, -g / n at x (g the target's gradient there) and 1 / n at
+    # log q (fits are independent: row r of the result is fit r's gradient).
+    (x, log_q), pullback = jax.vjp(lambda t: jax.vmap(
+        lambda tr, k: _draws(inner, unravel, n, loc, st, tr, k[i]))(t, keys),
+                                   theta)
     _, g = density.traceable(x.reshape(-1, x.shape[-1]))
-    g = g.reshape(x.shape)
-
-    def one(t, s, k, gi):
-      grads = jax.grad(lambda q: _surrogate_loss(inner, unravel, n, loc, st, q,
-                                                 k[i], gi))(t)
-      updates, s = optimizer.update(grads, s, t)
-      return optax.apply_updates(t, updates), s
-
-    return jax.vmap(one)(theta, opt_state, keys, g)
+    grads, = pullback((-g.reshape(x.shape) / n, jnp.full_like(log_q, 1. / n)))
+    updates, opt_state = jax.vmap(optimizer.update)(grads, opt_state, theta)
+    return optax.apply_updates(theta, updates), opt_state
 
   def advance(loc, st, theta, opt_state, keys, begin, end):
     return jax.lax.fori_loop(
@@ -299,7 +297,7 @@ def _unravel_rows(layout, theta) -> Params:
   """`theta [R, P]` (numpy) as params with a leading `[R]`, on the host."""
   unravel = _unraveler(layout)
   rows = [unravel(row) for row in theta]
-  return jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves)),
+  return jax.tree_util.tree_map(lambda *leaves: jax.device_put(np.stack(leaves)),
                                 *rows)
 
 
@@ -335,9 +333,10 @@ def fit(density: CompiledDensity, rung, config, num_draws, loc, scale_tril,
 def _judge_program(num_fits: int, num_draws: int, dim: int):
   """The jitted `(log_w [R, S], x [R, S, dim]) -> (elbo [R], k_hat [R],
   mean_gap, sd_gap)` (target-free: shared by every stage and target of this
-  shape). Compiled at level 1 (`ONCE_OPTIONS`), not `QUICK_OPTIONS`: it runs
-  twice a stage under a deadline (the evaluation and its reserve), and level
-  0 sorts 16,000 log weights 4 to 6 times slower (benchmarks/RESULTS.md)."""
+  shape). Compiled at level 0 (`QUICK_OPTIONS`): PSIS sorts only the M + 1
+  largest log weights (`lax.top_k`), so level 0 runs it as fast as level 1
+  and compiles it in a third of the time (0.2 against 0.6 s; a full sort ran
+  4 to 6 times slower at level 0: benchmarks/RESULTS.md)."""
   del num_fits, num_draws, dim  # the cache key
 
   def run(log_w, x):
@@ -351,7 +350,7 @@ def _judge_program(num_fits: int, num_draws: int, dim: int):
     elbo, k_hat, mean, sd = jax.vmap(one)(log_w, x)
     return (elbo, k_hat) + verdict.agreement(mean, sd)
 
-  return host_jit(run)
+  return host_jit(run, compile_cache.QUICK_OPTIONS)
 
 
 def judge_draws(density: CompiledDensity, x, log_q) -> tuple:

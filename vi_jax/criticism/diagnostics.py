@@ -151,35 +151,36 @@ def _psis_1d(log_weights: Array, tail_len: int, normalize: bool):
   dtype = log_weights.dtype
   max_x = jnp.max(log_weights)
   x = log_weights - max_x
-  order = jnp.argsort(x)
-  x_sorted = x[order]
+  # Only the M + 1 largest ratios are ever sorted (`lax.top_k`, ascending
+  # here): a full sort of S ratios compiled and ran several times longer.
+  size = min(tail_len + 1, s)
+  top, index = jax.lax.top_k(x, size)
+  top, index = top[::-1], index[::-1]
   # ArviZ: the tail is every draw strictly above the (M+1)-th largest ratio
   # (or above log(tiny) if that is lower): M draws without ties.
-  cutoff = jnp.maximum(x_sorted[max(s - tail_len - 1, 0)],
-                       jnp.log(jnp.finfo(dtype).tiny))
-  in_tail = x_sorted > cutoff
+  cutoff = jnp.maximum(top[0], jnp.log(jnp.finfo(dtype).tiny))
+  in_tail = top > cutoff
   n_tail = jnp.sum(in_tail.astype(jnp.int32))
   exp_cutoff = jnp.exp(cutoff)
-  exceed = jnp.where(in_tail, jnp.exp(x_sorted) - exp_cutoff, 1.)
+  exceed = jnp.where(in_tail, jnp.exp(top) - exp_cutoff, 1.)
   enough = n_tail > 4
   # A stand-in tail when there is too little of one keeps the fit nan-free.
-  stand_in = jnp.arange(s, dtype=dtype) >= s - 5
+  stand_in = jnp.arange(size) >= size - 5
   fit_mask = jnp.where(enough, in_tail, stand_in)
-  fit_x = jnp.where(enough, exceed, jnp.arange(1, s + 1, dtype=dtype))
+  fit_x = jnp.where(enough, exceed, jnp.arange(1, size + 1, dtype=dtype))
   k_fit, sigma = _gpd_fit(fit_x, fit_mask)
   k = jnp.where(enough, k_fit, jnp.inf)
   # Exactly equal ratios (q proportional to p): bounded, the ideal case.
-  constant = x_sorted[0] == x_sorted[-1]
+  constant = jnp.min(x) == 0.
   k = jnp.where(constant, -jnp.inf, k)
-  rank = jnp.arange(s) - (s - n_tail)
+  rank = jnp.arange(size) - (size - n_tail)
   probs = (rank.astype(dtype) + 0.5) / jnp.maximum(n_tail, 1).astype(dtype)
   probs = jnp.clip(probs, 0.5 / s, 1. - 0.5 / s)
   smoothed = jnp.log(_gpd_quantile(probs, k_fit, sigma) + exp_cutoff)
   smooth = enough & jnp.isfinite(k_fit) & ~constant
-  new_sorted = jnp.where(smooth & in_tail, smoothed, x_sorted)
-  # Truncate smoothed values at the largest raw weight.
-  new_sorted = jnp.where(smooth, jnp.minimum(new_sorted, 0.), new_sorted)
-  x = jnp.zeros_like(x).at[order].set(new_sorted)
+  # Smoothed tail values, truncated at the largest raw weight (0 here).
+  x = x.at[index].set(jnp.where(smooth & in_tail, jnp.minimum(smoothed, 0.),
+                                top))
   if normalize:
     x = x - jax.scipy.special.logsumexp(x)
   else:
