@@ -53,6 +53,33 @@ def test_split_on_the_host_gives_jax_random_splits_keys(make_key):
                                   np.asarray(jax.random.normal(b, (4,))))
 
 
+def _bits(keys):
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    return np.asarray(jax.random.key_data(keys))
+  return np.asarray(keys)
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+@pytest.mark.parametrize("num", [1, 2, 5, 64])
+def test_split_array_and_fold_in_on_the_host_are_jax_randoms(make_key, num):
+  key = make_key(11)
+  ours = rng.split_array(key, num)
+  assert ours.dtype == jax.random.split(key, num).dtype
+  np.testing.assert_array_equal(_bits(ours), _bits(jax.random.split(key, num)))
+  for data in (0, 3, 2**31 + 5):
+    np.testing.assert_array_equal(_bits(rng.fold_in(key, data)),
+                                  _bits(jax.random.fold_in(key, data)))
+
+
+def test_split_array_under_jit_and_of_other_implementations():
+  key = jax.random.key(3, impl="rbg")  # not threefry: JAX's own split
+  np.testing.assert_array_equal(_bits(rng.split_array(key, 3)),
+                                _bits(jax.random.split(key, 3)))
+  traced = jax.jit(lambda k: rng.split_array(k, 4))(jax.random.key(5))
+  np.testing.assert_array_equal(
+      _bits(traced), _bits(jax.random.split(jax.random.key(5), 4)))
+
+
 def test_host_generator_is_seeded_by_the_key():
   a = rng.host_generator(jax.random.key(1)).uniform(size=5)
   b = rng.host_generator(jax.random.PRNGKey(1)).uniform(size=5)

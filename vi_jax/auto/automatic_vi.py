@@ -417,7 +417,7 @@ def auto_fit(target_log_prob_fn, event_shape, bijector=None, *, key: PRNGKey,
       r.out_of_time for r in history)
   refined = record if out_of_time else (
       auto_stages.refine_k_hat(density, chosen, config,
-                               jax.random.fold_in(key, _REFINE_KEY)))
+                               rng.fold_in(key, _REFINE_KEY)))
   history = [refined if r is record else r for r in history]
   record = refined
   total = sum(r.num_grad_evals for r in history)

@@ -283,8 +283,8 @@ def start(density, key, at: float = math.inf):
       mean_gap=math.nan, sd_gap=math.nan, num_grad_evals=pf.num_grad_evals,
       wall_time=time.perf_counter() - t0, passed=False, note=note,
       out_of_time=pf.out_of_time)
-  return (jnp.asarray(pf.loc, density.dtype),
-          jnp.asarray(pf.scale_tril, density.dtype), record)
+  return (jax.device_put(np.asarray(pf.loc, density.dtype)),
+          jax.device_put(np.asarray(pf.scale_tril, density.dtype)), record)
 
 
 def _fixed_draws(rung, config, surrogate, params0) -> int:
@@ -321,7 +321,7 @@ def run_stage(density, space, rung, config, loc, scale_tril, key,
   t0 = time.perf_counter()
   surrogate = stage_programs.whitened(rung, config, space, loc, scale_tril)
   fit_key, eval_key = rng.split(key)
-  fit_keys = jax.random.split(fit_key, num_restarts)
+  fit_keys = rng.split_array(fit_key, num_restarts)
   params = stage_programs.init_params(space, rung, config, loc, scale_tril,
                                       fit_keys)
   m, evals, grown = _fixed_draws(rung, config, surrogate, params), 0, False

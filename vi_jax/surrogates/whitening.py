@@ -45,6 +45,23 @@ def _check_gaussian(loc, scale_tril, dim: int):
                        "scale_tril or LaplaceResult.scale_tril).")
 
 
+def _as_array(x):
+  """`x` as a JAX array; a host array is put on the device (`jnp.asarray`
+  would compile a program per shape to stage it)."""
+  if isinstance(x, (jax.Array, jax.core.Tracer)):
+    return x
+  return jax.device_put(np.asarray(x))
+
+
+def _log_det(scale_tril):
+  """`sum(log diag(scale_tril))`, by numpy for a concrete factor (no eager
+  XLA programs to compile when a surrogate is built)."""
+  if isinstance(scale_tril, jax.core.Tracer):
+    return jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
+  tril = np.asarray(scale_tril)
+  return np.sum(np.log(np.diagonal(tril))).astype(tril.dtype)
+
+
 def whiten(make_surrogate, event_shape, bijector=None, *, loc, scale_tril,
            **family_kwargs) -> Surrogate:
   """`make_surrogate`'s family fitted in whitened coordinates `u`.
@@ -90,7 +107,8 @@ def whiten(make_surrogate, event_shape, bijector=None, *, loc, scale_tril,
                     f"{type(make_surrogate).__name__}.")
   space = bij_lib.latent_space(event_shape, bijector)
   _check_gaussian(loc, scale_tril, space.dim)
-  loc, scale_tril = jnp.asarray(loc), jnp.asarray(scale_tril)
+  log_det_scale = _log_det(scale_tril)
+  loc, scale_tril = _as_array(loc), _as_array(scale_tril)
   try:
     takes_init_scale = "init_scale" in inspect.signature(
         make_surrogate).parameters
@@ -99,7 +117,6 @@ def whiten(make_surrogate, event_shape, bijector=None, *, loc, scale_tril,
   if takes_init_scale:
     family_kwargs.setdefault("init_scale", 1.)
   inner = make_surrogate((space.dim,), **family_kwargs)
-  log_det_scale = jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
 
   def sample_and_log_prob(params, key, sample_size):
     u, log_q_u = inner.sample_and_log_prob(params, key, sample_size)
