@@ -162,10 +162,10 @@ def test_bad_input_raises_before_fitting(kwargs, error, match):
 
 def _stalling_target(z):
   """Flat in z[1] (improper: the fixed-draw -ELBO of a mean-field Gaussian
-  decreases without end as its scale in z[1] grows, so DADVI's L-BFGS never
-  converges), and every evaluation made slow by a loop whose value enters at
-  1e-30 (XLA cannot drop it): a mean-field DADVI stage that would run for
-  minutes."""
+  decreases without end as its scale in z[1] grows: DADVI's L-BFGS stops
+  only when that scale overflows), and every evaluation made slow by a
+  loop whose value enters at 1e-30 (XLA cannot drop it): a mean-field DADVI
+  stage that would run for over a minute."""
   slow = jax.lax.fori_loop(0, 300_000, lambda i, x: jnp.sin(x + z[0]), 0.)
   return -0.5 * z[0] ** 2 + 1e-30 * slow
 
@@ -174,8 +174,12 @@ def test_a_budgeted_auto_fit_on_a_stalling_target_returns_within_its_budget():
   max_time = 30.
   start = __import__("time").perf_counter()
   with pytest.warns(UserWarning, match="time budget was spent"):
+    # 256 fixed draws: about 0.7 s an L-BFGS evaluation, some 100 of them
+    # before the scale in z[1] overflows and L-BFGS gives up (over a minute;
+    # 30 draws gave up within the budget).
     result = vi.auto_fit(_stalling_target, (4,), key=jax.random.key(0),
                          families=("mean_field", "flow"), num_draws=1000,
+                         dadvi_draws=256, max_grad_evals=10**8,
                          max_iterations=10_000, max_time=max_time,
                          progress_bar=False)
   elapsed = __import__("time").perf_counter() - start

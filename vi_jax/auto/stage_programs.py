@@ -47,6 +47,7 @@ from vi_jax._src.rng import unrolled_threefry_keys
 from vi_jax._src.types import Params
 from vi_jax.auto import verdict
 from vi_jax.criticism import diagnostics
+from vi_jax.model.compiled_density import BATCH
 from vi_jax.model.compiled_density import CompiledDensity
 from vi_jax.solvers import sample_average
 from vi_jax.surrogates import whitening
@@ -360,7 +361,10 @@ def judge_draws(density: CompiledDensity, x, log_q) -> tuple:
   (`vi_jax.auto.verdict.agreement`)."""
   x = np.asarray(x)
   log_p = density.value(x.reshape(-1, x.shape[-1]))
-  log_w = log_p.reshape(x.shape[:2]) - np.asarray(log_q)
+  return _judge(log_p.reshape(x.shape[:2]) - np.asarray(log_q), x)
+
+
+def _judge(log_w, x):
   return compile_cache.program(_judge_program, *x.shape)(log_w, x)
 
 
@@ -387,6 +391,45 @@ def evaluate(density: CompiledDensity, rung, config, loc, scale_tril, params,
   x, log_q = zip(*[draws(loc, scale_tril, _row(params, r), eval_key)
                    for r in range(num_fits)])
   return judge_draws(density, np.stack(x), np.stack(log_q))
+
+
+def evaluation_seconds(density: CompiledDensity, rung, config, loc,
+                       scale_tril, params, eval_key) -> float:
+  """The seconds `evaluate` will take on the R fits of `params`, its
+  programs compiled first (so a stage can keep that much of a deadline for
+  its evaluation).
+
+  One fit's draws are made twice (the second is timed), the target's kernel
+  is timed on one batch (its second call) and the verdict program run once,
+  then scaled to R fits and `R * num_draws` rows. An evaluation run to time
+  itself cost as much as the stage's own on a costly target (6 s a stage on
+  lgcp: 2 x 16,000 GP densities).
+
+  Returns:
+    A Python float, seconds (the verdict's compile included: an upper bound
+    for that part).
+  """
+  draws = compile_cache.program(_eval_draws_program, _family(rung), config,
+                                density.dim)
+  first = _row(params, 0)
+  draws(loc, scale_tril, first, eval_key)
+  t0 = time.perf_counter()
+  x, log_q = jax.block_until_ready(draws(loc, scale_tril, first, eval_key))
+  draw_seconds = time.perf_counter() - t0
+  x, log_q = np.asarray(x), np.asarray(log_q)
+  density.value(x[:BATCH])
+  t0 = time.perf_counter()
+  density.value(x[:BATCH])
+  batch_seconds = time.perf_counter() - t0
+  num_fits = len(jax.tree_util.tree_leaves(params)[0])
+  t0 = time.perf_counter()
+  x_all = np.broadcast_to(x, (num_fits,) + x.shape)
+  log_q_all = np.broadcast_to(log_q, (num_fits,) + log_q.shape)
+  jax.block_until_ready(_judge(
+      np.zeros(log_q_all.shape, density.dtype) - log_q_all, x_all))
+  judge_seconds = time.perf_counter() - t0
+  batches = -(-num_fits * x.shape[0] // BATCH)
+  return num_fits * draw_seconds + batches * batch_seconds + judge_seconds
 
 
 def fit_draws(rung, config, loc, scale_tril):

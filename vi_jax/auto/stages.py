@@ -354,15 +354,13 @@ def run_stage(density, space, rung, config, loc, scale_tril, key,
 
 def _evaluation_reserve(density, rung, config, loc, scale_tril, params,
                         eval_key, at) -> float:
-  """Seconds to keep for the stage's evaluation under a deadline: what one
-  evaluation (of the initial params) took, compilation included; 0 without a
-  deadline (nothing is run)."""
+  """Seconds to keep for the stage's evaluation under a deadline
+  (`stage_programs.evaluation_seconds`, its programs compiled on the way);
+  0 without a deadline (nothing is run)."""
   if math.isinf(at):
     return 0.
-  t0 = time.perf_counter()
-  jax.block_until_ready(stage_programs.evaluate(
-      density, rung, config, loc, scale_tril, params, eval_key))
-  return time.perf_counter() - t0
+  return stage_programs.evaluation_seconds(density, rung, config, loc,
+                                           scale_tril, params, eval_key)
 
 
 def _fit_note(rung, config, m, fitted) -> str:
