@@ -2,6 +2,7 @@
 as the in-program solver, the -ELBO's gradient by the chain rule, no compile
 on a second call, and a deadline that stops them."""
 
+import dataclasses
 import math
 
 import jax
@@ -13,6 +14,7 @@ from vi_jax.auto import stage_programs
 from vi_jax.auto import stages
 from vi_jax.criticism import diagnostics
 from vi_jax.model import bijectors
+from vi_jax.model.compiled_density import BATCH
 from vi_jax.model.compiled_density import compiled_density
 from vi_jax.objectives.losses import negative_elbo
 from vi_jax.solvers import sample_average
@@ -133,3 +135,27 @@ def test_flow_chunks_under_a_deadline_are_sized_to_at_most_two_seconds():
   assert next_stop(10, 0.01, 100., 2000) == 210
   assert next_stop(10, 0.01, 1., 2000) == 60  # half the time left
   assert next_stop(1990, 0.001, 100., 2000) == 2000  # never past the limit
+
+
+def test_the_evaluation_reserve_is_timed_on_one_batch_and_compiles_evaluate():
+  rung, keys, params0 = _start("full_rank")
+  calls = []
+
+  def counted(chunk):
+    calls.append(chunk.shape[0])
+    return DENSITY.value_kernel(chunk)
+
+  density = dataclasses.replace(DENSITY, value_kernel=counted)
+  eval_key = jax.random.key(4)
+  seconds = stage_programs.evaluation_seconds(
+      density, rung, CONFIG, LOC, SCALE_TRIL, params0, eval_key)
+  assert 0. < seconds < math.inf
+  # The target on two batches (the first call compiles), not on the R x S
+  # rows an evaluation takes.
+  assert calls == [BATCH, BATCH]
+  del calls[:]
+  out, compiles = _backend_compiles(lambda: stage_programs.evaluate(
+      density, rung, CONFIG, LOC, SCALE_TRIL, params0, eval_key))
+  assert compiles == 0  # the reserve compiled every program it times
+  assert len(calls) == -(-2 * CONFIG.num_draws // BATCH)
+  assert np.all(np.isfinite(np.asarray(out[1])))
