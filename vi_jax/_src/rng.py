@@ -172,6 +172,10 @@ def split_array(key, num: int = 2):
 
   Raises:
     What `jax.random.split` raises for a bad key or num.
+
+  References:
+    `jax.random.split` (partitionable Threefry, `jax_threefry_partitionable`);
+    Salmon et al. (2011), Parallel random numbers: as easy as 1, 2, 3.
   """
   if not (_hashable_on_host(key) and isinstance(num, int) and num >= 1):
     return jax.random.split(key, num)
@@ -193,6 +197,9 @@ def fold_in(key, data: int):
 
   Raises:
     What `jax.random.fold_in` raises for a bad key or data.
+
+  References:
+    `jax.random.fold_in`; Salmon et al. (2011) (Threefry).
   """
   if not (_hashable_on_host(key) and isinstance(data, int) and
           0 <= data < 2**32):
